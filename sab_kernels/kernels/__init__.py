@@ -1,0 +1,44 @@
+"""Backends of the sparse-attention op. Each backend module exposes the same two functions:
+
+forward(query, keys, values, score_weight, k_top, lengths) -> (summary, weights, indices, threshold)
+    query (B, D), keys (B, T, D), values (B, T, H), score_weight (D,): contiguous, one dtype and device;
+    lengths (B,) int64 contiguous, values in [0, T]. Returns summary (B, H) and weights (B, k) in the input
+    dtype, indices (B, k) int64 (-1 where unused), threshold (B,) int64: the slot of the (k_top+1)-th score
+    for rows with more than k_top valid slots, else -1. k = min(k_top, T).
+
+backward(grad_summary, grad_weights, query, keys, values, score_weight, k_top, lengths, weights, indices,
+         threshold) -> (grad_query, grad_keys, grad_values, grad_score_weight)
+    grad_summary (B, H), grad_weights (B, k) in the input dtype; returns gradients shaped like the inputs,
+    exactly zero outside the selected rows and the threshold key row.
+
+Backends: "triton" (CUDA tensors, or CPU tensors under TRITON_INTERPRET=1), "cpu" (the compiled C++
+extension, falling back to the reference with a warning), "reference" (plain PyTorch + autograd).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+import torch
+
+
+def triton_interpreter_enabled() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """Map "auto" to a concrete backend: CUDA -> triton; CPU -> triton under TRITON_INTERPRET=1, else cpu."""
+    if backend != "auto":
+        return backend
+    if device.type == "cuda" or triton_interpreter_enabled():
+        return "triton"
+    return "cpu"
+
+
+_MODULES = {"triton": ".triton_backend", "cpu": ".cpu_backend", "reference": ".reference_backend"}
+
+
+def get_backend(name: str):
+    """The module implementing backend `name` (imported on first use, so triton is optional on CPU)."""
+    return importlib.import_module(_MODULES[name], __name__)

@@ -1,0 +1,145 @@
+"""`sab_kernels.sparse_attention`: one torch.library custom op with a hand-written sparse backward.
+
+Two opaque ops in the `sab` namespace carry the work, so torch.compile sees through neither:
+    sab::sparse_attention_forward  -> (summary, weights, indices, threshold)
+    sab::sparse_attention_backward -> (grad_query, grad_keys, grad_values, grad_score_weight)
+Both dispatch at run time to a backend of `sab_kernels.kernels` (Triton, C++ or the reference).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from ._validation import check_inputs, check_lengths_values
+from .kernels import get_backend, resolve_backend
+from .reference import SparseAttentionOutput
+
+
+def _prepare(tensors):
+    return [t.contiguous() for t in tensors]
+
+
+@torch.library.custom_op("sab::sparse_attention_forward", mutates_args=())
+def _forward_op(
+    query: Tensor, keys: Tensor, values: Tensor, score_weight: Tensor, k_top: int, lengths: Tensor, backend: str
+) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    B, T, _ = keys.shape
+    check_lengths_values(lengths, T)
+    if B == 0:
+        return _forward_fake(query, keys, values, score_weight, k_top, lengths, backend)
+    impl = get_backend(resolve_backend(backend, query.device))
+    query, keys, values, score_weight, lengths = _prepare((query, keys, values, score_weight, lengths))
+    return tuple(impl.forward(query, keys, values, score_weight, k_top, lengths))
+
+
+@_forward_op.register_fake
+def _forward_fake(query, keys, values, score_weight, k_top, lengths, backend):
+    B, T, _ = keys.shape
+    k = min(k_top, T)
+    return (
+        values.new_empty((B, values.shape[2])),
+        values.new_empty((B, k)),
+        keys.new_empty((B, k), dtype=torch.int64),
+        keys.new_empty((B,), dtype=torch.int64),
+    )
+
+
+@torch.library.custom_op("sab::sparse_attention_backward", mutates_args=())
+def _backward_op(
+    grad_summary: Tensor,
+    grad_weights: Tensor,
+    query: Tensor,
+    keys: Tensor,
+    values: Tensor,
+    score_weight: Tensor,
+    k_top: int,
+    lengths: Tensor,
+    weights: Tensor,
+    indices: Tensor,
+    threshold: Tensor,
+    backend: str,
+) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    if keys.shape[0] == 0:
+        return _backward_fake(grad_summary, grad_weights, query, keys, values, score_weight, k_top, lengths, weights, indices, threshold, backend)
+    impl = get_backend(resolve_backend(backend, query.device))
+    args = _prepare((grad_summary, grad_weights, query, keys, values, score_weight))
+    return tuple(impl.backward(*args, k_top, *_prepare((lengths, weights, indices, threshold))))
+
+
+@_backward_op.register_fake
+def _backward_fake(grad_summary, grad_weights, query, keys, values, score_weight, k_top, lengths, weights, indices, threshold, backend):
+    return (
+        torch.empty_like(query, memory_format=torch.contiguous_format),
+        torch.empty_like(keys, memory_format=torch.contiguous_format),
+        torch.empty_like(values, memory_format=torch.contiguous_format),
+        torch.empty_like(score_weight, memory_format=torch.contiguous_format),
+    )
+
+
+def _setup_context(ctx, inputs, output):
+    query, keys, values, score_weight, k_top, lengths, backend = inputs
+    _, weights, indices, threshold = output
+    ctx.save_for_backward(query, keys, values, score_weight, lengths, weights, indices, threshold)
+    ctx.k_top, ctx.backend = k_top, backend
+
+
+def _backward(ctx, grad_summary, grad_weights, _grad_indices, _grad_threshold):
+    query, keys, values, score_weight, lengths, weights, indices, threshold = ctx.saved_tensors
+    if grad_summary is None:
+        grad_summary = values.new_zeros((keys.shape[0], values.shape[2]))
+    if grad_weights is None:
+        grad_weights = torch.zeros_like(weights)
+    grads = _backward_op(
+        grad_summary, grad_weights, query, keys, values, score_weight, ctx.k_top, lengths, weights, indices, threshold, ctx.backend
+    )
+    return (*grads, None, None, None)
+
+
+_forward_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def sparse_attention(
+    query: Tensor,
+    keys: Tensor,
+    values: Tensor,
+    score_weight: Tensor,
+    k_top: int,
+    *,
+    lengths: Optional[Tensor] = None,
+    backend: str = "auto",
+) -> SparseAttentionOutput:
+    """Sparse attention of one SAB step: score every memory slot, keep the top `k_top`, sum them.
+
+    s_i = sum_d w_d * tanh(q_d + k_{i,d}). With n valid slots in a row:
+    n > k_top: tau = the (k_top+1)-th largest score; a_i = relu(s_i - tau) / (sum_j relu(s_j - tau) + 1e-7)
+    for the k_top largest (ties to the lower index), 0 elsewhere. 1 <= n <= k_top: softmax over the n slots.
+    n = 0: summary 0, weights 0, indices -1. A NaN score ranks above every number and makes its row NaN.
+
+    Args:
+        query: (B, D) W_h h_hat + b, the provisional state's half of the scoring MLP.
+        keys: (B, T, D) W_m m_i, the memory's half, cached per slot.
+        values: (B, T, H) the memory slots m_i.
+        score_weight: (D,) w, the MLP's output layer.
+        k_top: number of slots kept (>= 1).
+        lengths: (B,) integer, optional: valid slots per row, in [0, T]; default all T.
+        backend: "auto" (CUDA -> Triton; CPU -> C++ kernels, or the Triton interpreter when
+            TRITON_INTERPRET=1), or one of "triton", "cpu", "reference".
+
+    Returns:
+        SparseAttentionOutput(summary (B, H), weights (B, k), indices (B, k) int64), k = min(k_top, T),
+        ordered by descending score; unused entries have weight 0 and index -1.
+
+    Gradients reach query, score_weight, the selected rows of keys and values and the threshold key row;
+    every other row's gradient is exactly zero. float16/bfloat16 are accumulated in float32.
+    """
+    check_inputs(query, keys, values, score_weight, k_top, lengths, backend)
+    B, T, _ = keys.shape
+    if lengths is None:
+        lengths = torch.full((B,), T, dtype=torch.int64, device=keys.device)
+    else:
+        lengths = lengths.to(torch.int64)
+    summary, weights, indices, _ = _forward_op(query, keys, values, score_weight, k_top, lengths, backend)
+    return SparseAttentionOutput(summary, weights, indices)

@@ -1,0 +1,140 @@
+"""Shared inputs, tolerances and the comparison every backend's tests run against the reference.
+
+Each backend's test file parametrises `check_backend` over these cases, so the Triton and C++ kernels are
+held to exactly the same standard.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from sab_kernels import sparse_attention, sparse_attention_reference
+
+# (atol, rtol) per dtype: forward outputs, and gradients. Half types are accumulated in float32 by both
+# the reference and the kernels, so the gap is the final rounding to the input dtype plus summation order.
+FORWARD_TOL = {
+    torch.float64: (1e-10, 1e-10),
+    torch.float32: (2e-5, 2e-5),
+    torch.float16: (2e-3, 2e-3),
+    torch.bfloat16: (2e-2, 2e-2),
+}
+BACKWARD_TOL = {
+    torch.float64: (1e-9, 1e-9),
+    torch.float32: (1e-4, 1e-4),
+    torch.float16: (5e-3, 5e-3),
+    torch.bfloat16: (4e-2, 4e-2),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    B: int
+    T: int
+    D: int
+    H: int
+    k_top: int
+    lengths: str = "full"  # full | ragged (includes 0 and T) | zero
+    ties: bool = False  # duplicate key rows, so equal scores must break to the lower index
+    noncontig: bool = False
+
+    @property
+    def id(self) -> str:
+        extra = [self.lengths] + (["ties"] if self.ties else []) + (["noncontig"] if self.noncontig else [])
+        return f"B{self.B}-T{self.T}-D{self.D}-H{self.H}-k{self.k_top}-" + "-".join(extra)
+
+
+def make_inputs(case: Case, dtype: torch.dtype, device="cpu", seed: int = 0):
+    """query (B, D), keys (B, T, D), values (B, T, H), score_weight (D,), lengths (B,) or None."""
+    g = torch.Generator().manual_seed(seed)
+    B, T, D, H = case.B, case.T, case.D, case.H
+    query = torch.randn(B, D, generator=g)
+    keys = torch.randn(B, T, D, generator=g)
+    values = torch.randn(B, T, H, generator=g)
+    score_weight = torch.randn(D, generator=g)
+    if case.ties:  # every slot i copies slot i % 3: triples of exactly equal scores
+        keys = keys[:, torch.arange(T) % 3]
+    if case.noncontig:  # transposed storage: same values, non-contiguous strides
+        keys = keys.transpose(1, 2).contiguous().transpose(1, 2)
+        values = values.transpose(1, 2).contiguous().transpose(1, 2)
+        query = query.t().contiguous().t()
+    tensors = [t.to(device=device, dtype=dtype) for t in (query, keys, values, score_weight)]
+    if case.lengths == "full":
+        lengths = None
+    elif case.lengths == "zero":
+        lengths = torch.zeros(B, dtype=torch.int64)
+    else:  # ragged: 0, T, and values around k_top
+        choices = torch.tensor([0, T, min(case.k_top, T), min(case.k_top + 1, T), max(T // 2, 1), 1])
+        lengths = choices[torch.arange(B) % len(choices)]
+    if lengths is not None:
+        lengths = lengths.to(device)
+    return (*tensors, lengths)
+
+
+def assert_close(actual, expected, tol, name):
+    atol, rtol = tol
+    torch.testing.assert_close(actual.float().cpu(), expected.float().cpu(), atol=atol, rtol=rtol, msg=lambda m: f"{name}: {m}")
+
+
+def check_backend(backend: str, case: Case, dtype: torch.dtype, device="cpu", seed: int = 0):
+    """Forward and backward of `backend` against the reference, plus the sparsity of the gradient."""
+    query, keys, values, score_weight, lengths = make_inputs(case, dtype, device, seed)
+    leaves = [t.detach().requires_grad_(True) for t in (query, keys, values, score_weight)]
+    ref_leaves = [t.detach().requires_grad_(True) for t in (query, keys, values, score_weight)]
+
+    out = sparse_attention(*leaves, case.k_top, lengths=lengths, backend=backend)
+    ref = sparse_attention_reference(*ref_leaves, case.k_top, lengths=lengths)
+
+    assert out.summary.dtype == dtype and out.weights.dtype == dtype and out.indices.dtype == torch.int64
+    assert torch.equal(out.indices.cpu(), ref.indices.cpu()), f"indices differ:\n{out.indices}\n{ref.indices}"
+    assert_close(out.weights, ref.weights, FORWARD_TOL[dtype], "weights")
+    assert_close(out.summary, ref.summary, FORWARD_TOL[dtype], "summary")
+
+    g = torch.Generator().manual_seed(seed + 1)
+    grad_summary = torch.randn(out.summary.shape, generator=g).to(device=device, dtype=dtype)
+    grad_weights = torch.randn(out.weights.shape, generator=g).to(device=device, dtype=dtype)
+    grads = torch.autograd.grad((out.summary, out.weights), leaves, (grad_summary, grad_weights))
+    ref_grads = torch.autograd.grad((ref.summary, ref.weights), ref_leaves, (grad_summary, grad_weights))
+    for name, gr, rg in zip(("query", "keys", "values", "score_weight"), grads, ref_grads):
+        assert gr.shape == rg.shape and gr.dtype == dtype
+        assert_close(gr, rg, BACKWARD_TOL[dtype], f"grad_{name}")
+
+    # Sparsity: rows outside the selected and threshold slots get exactly zero gradient.
+    B, T = keys.shape[:2]
+    touched = torch.zeros(B, T, dtype=torch.bool)
+    idx = out.indices.cpu()
+    for b in range(B):
+        touched[b, idx[b][idx[b] >= 0]] = True
+    grad_keys, grad_values = grads[1].cpu(), grads[2].cpu()
+    assert (grad_values[~touched] == 0).all(), "grad_values is non-zero outside the selected rows"
+    key_rows_nonzero = (grad_keys != 0).any(-1)
+    assert (key_rows_nonzero.sum(1) <= torch.clamp((idx >= 0).sum(1) + 1, max=T)).all()
+    return out, grads
+
+
+# Shapes shared by every backend: odd sizes, T < k_top, T = k_top, T = k_top + 1, ragged, ties, strides.
+SMALL_CASES = [
+    Case(1, 1, 1, 1, 1),
+    Case(3, 5, 7, 9, 8),  # T < k_top: softmax over all
+    Case(2, 8, 5, 3, 8),  # T = k_top
+    Case(2, 9, 5, 3, 8),  # T = k_top + 1
+    Case(5, 37, 13, 11, 4),
+    Case(6, 33, 17, 19, 5, lengths="ragged"),
+    Case(3, 12, 6, 5, 3, lengths="zero"),
+    Case(4, 21, 8, 6, 4, ties=True),
+    Case(3, 24, 9, 7, 6, noncontig=True),
+    Case(2, 64, 16, 16, 32),
+    Case(3, 40, 12, 10, 1, lengths="ragged"),
+]
+DTYPES = [
+    pytest.param(torch.float32, id="fp32"),
+    pytest.param(torch.float64, id="fp64"),
+    pytest.param(torch.float16, id="fp16"),
+    pytest.param(torch.bfloat16, id="bf16"),
+]
+
+
+def case_params(cases):
+    return [pytest.param(c, id=c.id) for c in cases]
