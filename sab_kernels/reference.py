@@ -133,7 +133,8 @@ def reference_backward(grad_summary, grad_weights, query, keys, values, score_we
     # Recompute the weights in the compute dtype, exactly as the forward does.
     relu = torch.relu(s_sel - tau)
     z = relu.sum(1, keepdim=True) + EPS
-    dense = torch.softmax(torch.where(used, s_sel, torch.full_like(s_sel, float("-inf"))).nan_to_num(neginf=-1e30), 1)
+    # Rows with no valid slot give NaN here; they are masked to 0 below.
+    dense = torch.softmax(torch.where(used, s_sel, torch.full_like(s_sel, float("-inf"))), 1)
     a = torch.where(sparse_row, relu / z, dense)
     a = torch.where(used, a, torch.zeros_like(a))
 
