@@ -1,0 +1,170 @@
+"""`SparseAttentiveMemory`: the SAB memory, its scoring MLP and sparse attention over it (SPEC section 2).
+
+The memory holds slots m_i (B, H) and their cached keys W_m m_i (B, D). Two copies of each slot exist:
+  - a preallocated buffer (B, capacity, H/D), written in place under no_grad (doubling when full), which
+    the op reads as a contiguous view [:, :n]: writing a slot costs O(H + D) per row, not a copy of the
+    memory;
+  - the graph-connected slot tensors (the h_t that was appended, and W_m h_t), kept in Python lists.
+`attend` runs a custom autograd Function whose forward calls the raw op on the buffer views and whose
+backward calls the op's sparse backward and hands gradient only to the slot tensors that were selected
+(or held the threshold score); every other slot gets None, so autograd never walks into its graph. That is
+sparse replay: gradient re-enters the past only at the slots the op chose.
+"""
+
+from __future__ import annotations
+
+from typing import List, NamedTuple, Optional
+
+import torch
+from torch import Tensor, nn
+
+import sab_kernels.op  # noqa: F401 - registers torch.ops.sab.*
+
+_forward_op = torch.ops.sab.sparse_attention_forward
+_backward_op = torch.ops.sab.sparse_attention_backward
+
+
+class Attention(NamedTuple):
+    """One `attend` call. summary (B, H); weights, indices (B, k); threshold (B,) int64 slot of tau or -1."""
+
+    summary: Tensor
+    weights: Tensor
+    indices: Tensor
+    threshold: Tensor
+
+
+class _SparseReplay(torch.autograd.Function):
+    """summary = op(query, keys[:, :n], values[:, :n], w); gradient flows to the selected slot tensors only.
+
+    Inputs: (memory, n, k_top, backend, query (B, D), score_weight (D,), *key_slots (n x (B, D)),
+    *value_slots (n x (B, H))). The buffer views are held by reference: slots below n never change.
+    """
+
+    @staticmethod
+    def forward(ctx, memory, n, k_top, backend, query, score_weight, *slots):
+        keys = memory._keys[:, :n]
+        values = memory._values[:, :n]
+        lengths = torch.full((query.shape[0],), n, dtype=torch.int64, device=query.device)
+        summary, weights, indices, threshold = _forward_op(query, keys, values, score_weight, k_top, lengths, backend)
+        ctx.save_for_backward(query, score_weight, weights, indices, threshold)
+        ctx.keys, ctx.values, ctx.lengths, ctx.n, ctx.k_top, ctx.backend = keys, values, lengths, n, k_top, backend
+        ctx.mark_non_differentiable(indices, threshold)
+        return summary, weights, indices, threshold
+
+    @staticmethod
+    def backward(ctx, grad_summary, grad_weights, _gi, _gt):
+        query, score_weight, weights, indices, threshold = ctx.saved_tensors
+        if grad_summary is None:
+            grad_summary = torch.zeros_like(ctx.values[:, 0])
+        if grad_weights is None:
+            grad_weights = torch.zeros_like(weights)
+        g_query, g_keys, g_values, g_w = _backward_op(
+            grad_summary, grad_weights, query, ctx.keys, ctx.values, score_weight, ctx.k_top, ctx.lengths,
+            weights, indices, threshold, ctx.backend,
+        )
+        n = ctx.n
+        g_key_slots: List[Optional[Tensor]] = [None] * n
+        g_value_slots: List[Optional[Tensor]] = [None] * n
+        touched = torch.cat([indices.reshape(-1), threshold]).unique().tolist()
+        for i in touched:
+            if i >= 0:
+                g_key_slots[i] = g_keys[:, i]
+                g_value_slots[i] = g_values[:, i]
+        return (None, None, None, None, g_query, g_w, *g_key_slots, *g_value_slots)
+
+
+class SparseAttentiveMemory(nn.Module):
+    """SAB memory with the scoring MLP s_i = w . tanh(W_h h_hat + b + W_m m_i).
+
+    Args:
+        hidden_size: H, size of a slot (the LSTM state).
+        attn_dim: D, hidden width of the scoring MLP.
+        k_top: slots kept per attention (>= 1); a value >= the number of slots gives dense softmax attention.
+        backend: op backend, "auto" | "triton" | "cpu" | "reference".
+
+    Parameters: query_proj (W_h, b): H -> D; key_proj (W_m, no bias): H -> D; score_weight (w): (D,).
+
+    Use: `reset(h0)` starts a sequence with one slot holding h0 (B, H); `attend(h_hat)` -> Attention over
+    the slots written so far; `append(h)` writes slot n (h (B, H) and its key W_m h (B, D)).
+    """
+
+    def __init__(self, hidden_size: int, attn_dim: int, k_top: int, backend: str = "auto"):
+        super().__init__()
+        if k_top < 1:
+            raise ValueError(f"k_top must be >= 1, got {k_top}")
+        self.hidden_size, self.attn_dim, self.k_top, self.backend = hidden_size, attn_dim, k_top, backend
+        self.query_proj = nn.Linear(hidden_size, attn_dim, bias=True)
+        self.key_proj = nn.Linear(hidden_size, attn_dim, bias=False)
+        self.score_weight = nn.Parameter(torch.empty(attn_dim))
+        nn.init.uniform_(self.score_weight, -attn_dim**-0.5, attn_dim**-0.5)
+        self._values: Optional[Tensor] = None
+        self._keys: Optional[Tensor] = None
+        self._value_slots: List[Tensor] = []
+        self._key_slots: List[Tensor] = []
+
+    @property
+    def size(self) -> int:
+        """Number of slots written in the current sequence."""
+        return len(self._value_slots)
+
+    @property
+    def values(self) -> Tensor:
+        """(B, n, H) the slots, detached (read-only view of the buffer)."""
+        return self._values[:, : self.size]
+
+    @property
+    def keys(self) -> Tensor:
+        """(B, n, D) the cached keys W_m m_i, detached."""
+        return self._keys[:, : self.size]
+
+    @property
+    def slots(self) -> List[Tensor]:
+        """The graph-connected slot tensors m_i (each (B, H)), in write order."""
+        return list(self._value_slots)
+
+    def reset(self, h0: Tensor, capacity: int = 64) -> None:
+        """Start a new sequence: drop all slots and write h0 (B, H) as slot 0. `capacity` preallocates."""
+        B, H = h0.shape
+        capacity = max(int(capacity), 1)
+        self._values = h0.new_empty((B, capacity, H))
+        self._keys = h0.new_empty((B, capacity, self.attn_dim))
+        self._value_slots, self._key_slots = [], []
+        self.append(h0)
+
+    def append(self, h: Tensor) -> None:
+        """Write h (B, H) and its key W_m h (B, D) as the next slot: O(B (H + D)), plus amortised growth."""
+        n = self.size
+        if n == self._values.shape[1]:
+            self._grow()
+        key = self.key_proj(h)
+        with torch.no_grad():
+            self._values[:, n] = h
+            self._keys[:, n] = key
+        self._value_slots.append(h)
+        self._key_slots.append(key)
+
+    def _grow(self) -> None:
+        # A new buffer of twice the capacity; views of the old one held by earlier steps stay valid.
+        n = self.size
+        old_v, old_k = self._values, self._keys
+        self._values = old_v.new_empty((old_v.shape[0], 2 * n, old_v.shape[2]))
+        self._keys = old_k.new_empty((old_k.shape[0], 2 * n, old_k.shape[2]))
+        self._values[:, :n] = old_v[:, :n]
+        self._keys[:, :n] = old_k[:, :n]
+
+    def attend(self, h_hat: Tensor) -> Attention:
+        """Sparse attention of the provisional state h_hat (B, H) over the slots written so far.
+
+        Returns Attention(summary (B, H), weights (B, k), indices (B, k), threshold (B,)), k = min(k_top, n).
+        Backward: gradient reaches query_proj, score_weight and only the selected/threshold slots' graphs.
+        """
+        if self._values is None or self.size == 0:
+            raise RuntimeError("SparseAttentiveMemory.attend called before reset()")
+        query = self.query_proj(h_hat)
+        out = _SparseReplay.apply(
+            self, self.size, self.k_top, self.backend, query, self.score_weight, *self._key_slots, *self._value_slots
+        )
+        return Attention(*out)
+
+    def extra_repr(self) -> str:
+        return f"hidden_size={self.hidden_size}, attn_dim={self.attn_dim}, k_top={self.k_top}, backend={self.backend!r}"

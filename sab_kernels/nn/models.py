@@ -1,0 +1,62 @@
+"""Sequence models for the tasks: a recurrent core (SABLSTM or torch.nn.LSTM) and a linear head per step.
+
+`build_model(kind, ...)` names the baselines of SPEC section 2 as limits of one module:
+    sab    SABLSTM(k_top, k_att, k_trunc)               sparse attentive backtracking
+    tbptt  SABLSTM(k_top=0, k_trunc)                    truncated-BPTT LSTM (no memory)
+    bptt   SABLSTM(k_top=0, k_trunc=None)               full-BPTT LSTM through the same code path
+    dense  SABLSTM(k_top=None, k_att, k_trunc)          dense softmax attention over every slot
+    lstm   torch.nn.LSTM                                the plain full-BPTT reference (fused ATen kernel)
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from .sab_lstm import SABLSTM
+
+MODEL_KINDS = ("sab", "tbptt", "bptt", "dense", "lstm")
+
+
+class SequenceModel(nn.Module):
+    """core (batch_first) followed by a Linear head on every step: x (B, T, I) -> logits (B, T, O)."""
+
+    def __init__(self, core: nn.Module, core_output_size: int, output_size: int):
+        super().__init__()
+        self.core = core
+        self.head = nn.Linear(core_output_size, output_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out, _ = self.core(x)
+        return self.head(out)
+
+
+def build_model(
+    kind: str,
+    input_size: int,
+    hidden_size: int,
+    output_size: int,
+    k_top: int = 5,
+    k_att: int = 1,
+    k_trunc: Optional[int] = 5,
+    attn_dim: Optional[int] = None,
+    backend: str = "auto",
+) -> SequenceModel:
+    """A SequenceModel of the given kind (see the module docstring); batch-first in and out."""
+    if kind == "lstm":
+        return SequenceModel(nn.LSTM(input_size, hidden_size, batch_first=True), hidden_size, output_size)
+    if kind == "sab":
+        if not k_top or k_top < 1:
+            raise ValueError(f"model 'sab' needs k_top >= 1, got {k_top}")
+        core = SABLSTM(input_size, hidden_size, k_top, k_att, k_trunc, attn_dim, True, backend)
+    elif kind == "tbptt":
+        core = SABLSTM(input_size, hidden_size, 0, k_att, k_trunc, attn_dim, True, backend)
+    elif kind == "bptt":
+        core = SABLSTM(input_size, hidden_size, 0, k_att, None, attn_dim, True, backend)
+    elif kind == "dense":
+        core = SABLSTM(input_size, hidden_size, None, k_att, k_trunc, attn_dim, True, backend)
+    else:
+        raise ValueError(f"unknown model kind {kind!r}; choose one of {MODEL_KINDS}")
+    return SequenceModel(core, core.output_size, output_size)
