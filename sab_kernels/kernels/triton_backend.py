@@ -1,0 +1,166 @@
+"""Triton backend: host functions that pick block sizes and launch the kernels of triton_kernels.py.
+
+Runs on CUDA tensors, or on CPU tensors under TRITON_INTERPRET=1 (CI), with the contract of
+`sab_kernels.kernels` (forward / backward). Block sizes differ by mode: on GPU small register tiles and
+the slots of a row split into chunks over many programs; in the interpreter (one program after another,
+numpy underneath) large tiles and one chunk, which is far faster there.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+from . import triton_interpreter_enabled
+from .triton_kernels import _bwd_kernel, _fwd_chunk_kernel, _fwd_merge_kernel
+
+_MAX_CANDIDATES = 4096  # C_PAD * K_PAD of the merge stage
+
+
+def _acc(dtype: torch.dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def _interpreted(t: torch.Tensor) -> bool:
+    return t.device.type != "cuda" and triton_interpreter_enabled()
+
+
+@functools.lru_cache(maxsize=None)
+def _num_sms(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def _pow2(n: int) -> int:
+    return triton.next_power_of_2(max(int(n), 1))
+
+
+def forward_plan(B: int, T: int, D: int, k_top: int, interpreted: bool, device=None, block_t=None, chunk=None):
+    """(BLOCK_T, BLOCK_D, CHUNK, NUM_CHUNKS) for the forward. CHUNK is a multiple of BLOCK_T.
+
+    GPU: tiles of about 8K elements, and the T axis split so that about 4 programs per SM run
+    (B rows alone cannot fill the GPU at large T), each chunk long enough to amortise filling its top-k set.
+    Interpreter: tiles up to 64K elements and one chunk, unless `block_t` / `chunk` say otherwise (tests).
+    """
+    k1 = k_top + 1
+    k_pad = _pow2(k1)
+    if interpreted:
+        block_d = min(_pow2(D), 256)
+        default_t = max(16, min(4096, 65536 // block_d))
+    else:
+        block_d = min(_pow2(D), 128)
+        default_t = max(16, min(128, 8192 // block_d))
+    if block_t is None:
+        block_t = min(default_t, max(16, _pow2(T)))
+    tiles = triton.cdiv(T, block_t)
+    if chunk is None:
+        if interpreted:
+            chunks = 1
+        else:
+            index = device.index if device is not None and device.index is not None else torch.cuda.current_device()
+            target = 4 * _num_sms(index)
+            min_tiles = max(2, triton.cdiv(4 * k1, block_t))
+            chunks = max(1, min(triton.cdiv(target, B), triton.cdiv(tiles, min_tiles)))
+        chunk_tiles = triton.cdiv(tiles, chunks)
+    else:
+        chunk_tiles = max(1, triton.cdiv(chunk, block_t))
+    # The merge stage holds every candidate of a row in one block: bound the number of chunks.
+    max_chunks = max(1, _MAX_CANDIDATES // k_pad)
+    chunk_tiles = max(chunk_tiles, triton.cdiv(tiles, max_chunks))
+    chunk = chunk_tiles * block_t
+    return block_t, block_d, chunk, triton.cdiv(T, chunk)
+
+
+def forward(query, keys, values, score_weight, k_top: int, lengths, *, block_t=None, chunk=None):
+    """Contract of `sab_kernels.kernels`: (summary (B, H), weights (B, k), indices (B, k), threshold (B,)).
+
+    `block_t` / `chunk` (slots per tile / per program) override the plan; for tests of the chunked path.
+    """
+    B, T, D = keys.shape
+    H = values.shape[2]
+    k = min(k_top, T)
+    dtype, dev = values.dtype, values.device
+    query, keys, values, score_weight = (t.contiguous() for t in (query, keys, values, score_weight))
+    lengths = lengths.to(device=dev, dtype=torch.int64).contiguous()
+    interpreted = _interpreted(keys)
+    fp64 = dtype == torch.float64
+    k_pad = _pow2(k_top + 1)
+    block_t, block_d, chunk, num_chunks = forward_plan(B, T, D, k_top, interpreted, dev, block_t, chunk)
+    block_h = min(_pow2(H), 256 if interpreted else 128)
+    # Keep the (K_PAD, BLOCK_H) gather tile bounded for large k_top.
+    block_h = max(1, min(block_h, _pow2(16384 // k_pad) if interpreted else _pow2(8192 // k_pad)))
+
+    summary = torch.empty((B, H), dtype=dtype, device=dev)
+    weights = torch.empty((B, k), dtype=dtype, device=dev)
+    indices = torch.empty((B, k), dtype=torch.int64, device=dev)
+    threshold = torch.empty((B,), dtype=torch.int64, device=dev)
+    key_dtype = torch.int64 if fp64 else torch.int32
+    fused = num_chunks == 1
+    if fused:
+        cand_key = torch.empty((1,), dtype=key_dtype, device=dev)
+        cand_idx = torch.empty((1,), dtype=torch.int32, device=dev)
+    else:
+        cand_key = torch.empty((B * num_chunks * k_pad,), dtype=key_dtype, device=dev)
+        cand_idx = torch.empty((B * num_chunks * k_pad,), dtype=torch.int32, device=dev)
+    acc = _acc(dtype)
+    warps = {} if interpreted else {"num_warps": 4}
+    with _device_guard(dev):
+        _fwd_chunk_kernel[(B * num_chunks,)](
+            query, keys, score_weight, lengths, values, cand_key, cand_idx,
+            summary, weights, indices, threshold,
+            T, k, chunk, num_chunks,
+            D=D, H=H, ACC=acc, FP64=fp64, K_TOP=k_top, K_PAD=k_pad, BLOCK_T=block_t, BLOCK_D=block_d,
+            BLOCK_H=block_h, FUSED=fused, **warps,
+        )
+        if not fused:
+            _fwd_merge_kernel[(B,)](
+                lengths, values, cand_key, cand_idx, summary, weights, indices, threshold,
+                T, k, num_chunks,
+                H=H, ACC=acc, FP64=fp64, K_TOP=k_top, K_PAD=k_pad, C_PAD=_pow2(num_chunks), BLOCK_H=block_h,
+                **warps,
+            )
+    return summary, weights, indices, threshold
+
+
+def backward(grad_summary, grad_weights, query, keys, values, score_weight, k_top: int, lengths, weights, indices, threshold):
+    """Contract of `sab_kernels.kernels`: (grad_query, grad_keys, grad_values, grad_score_weight).
+
+    One program per row; grad_keys / grad_values are zeros except the rows the kernel writes; the
+    score_weight gradient is reduced from per-row partials here, in a fixed order.
+    """
+    B, T, D = keys.shape
+    H = values.shape[2]
+    k = min(k_top, T)
+    dtype, dev = values.dtype, values.device
+    tensors = (grad_summary, grad_weights, query, keys, values, score_weight, indices, threshold)
+    grad_summary, grad_weights, query, keys, values, score_weight, indices, threshold = (t.contiguous() for t in tensors)
+    interpreted = _interpreted(keys)
+    k_pad = _pow2(k_top + 1)
+    cap = 65536 if interpreted else 8192
+    block_d = max(1, min(_pow2(D), 256 if interpreted else 128, _pow2(cap // k_pad)))
+    block_h = max(1, min(_pow2(H), 256 if interpreted else 128, _pow2(cap // k_pad)))
+    acc_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+
+    grad_query = torch.empty((B, D), dtype=dtype, device=dev)
+    grad_keys = torch.zeros((B, T, D), dtype=dtype, device=dev)
+    grad_values = torch.zeros((B, T, H), dtype=dtype, device=dev)
+    grad_w_rows = torch.empty((B, D), dtype=acc_dtype, device=dev)
+    warps = {} if interpreted else {"num_warps": 4}
+    with _device_guard(dev):
+        _bwd_kernel[(B,)](
+            grad_summary, grad_weights, query, keys, values, score_weight, indices, threshold,
+            grad_query, grad_keys, grad_values, grad_w_rows,
+            T, k,
+            D=D, H=H, ACC=_acc(dtype), K_PAD=k_pad, BLOCK_D=block_d, BLOCK_H=block_h, **warps,
+        )
+    return grad_query, grad_keys, grad_values, grad_w_rows.sum(0).to(dtype)
+
+
+def _device_guard(dev: torch.device):
+    if dev.type == "cuda":
+        return torch.cuda.device(dev)
+    import contextlib
+
+    return contextlib.nullcontext()

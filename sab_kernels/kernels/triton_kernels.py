@@ -1,0 +1,306 @@
+"""Triton kernels of the SAB sparse-attention op (SPEC section 1); host launchers are in triton_backend.py.
+
+Forward, in one or two launches:
+  stage 1 (`_fwd_chunk_kernel`, grid B * C): each program streams one chunk of a row's slots in tiles of
+      BLOCK_T, computes s_i = sum_d w_d tanh(q_d + k_{i,d}) in registers (never a (B, T, D) tensor) and
+      keeps the chunk's best K1 = k_top + 1 slots. C = 1 (small T) fuses stage 2 into the same program.
+  stage 2 (`_fwd_merge_kernel`, grid B): merges the C * K_PAD candidates of a row, orders the best K1,
+      forms the weights (sparse or softmax), gathers only the selected value rows and writes the outputs.
+
+Ranking. A score becomes a sortable integer key of its own width (int32 for float32 compute, int64 for
+float64): the float bits with the magnitude bits flipped when negative, so integer order is float order;
+every NaN maps to one key above +inf (torch.sort puts NaN first) and -0.0 to the key of +0.0. Ties break to
+the lower slot index by hand (min index among equal keys). Invalid slots get KEY_MIN and are never kept.
+The running top-K1 of a chunk is an unordered register set with its weakest key as a threshold: a tile
+costs one max-reduction unless it holds a key above the threshold, and each such key replaces the weakest
+entry (few replacements on typical data, at most K1 per tile). Tiles arrive in slot order, so a tile key equal
+to the threshold ranks below it (higher index) and is not taken. The final order comes from K1 rounds of
+(max key, min index) extraction. Both work in the interpreter and on GPU with plain reductions.
+
+Backward (`_bwd_kernel`, grid B): recomputes the k selected + threshold rows' scores only, the weights and
+the Jacobian exactly as `reference_backward`, writes grad rows of keys/values at those slots, grad_query,
+and per-row partials of grad_score_weight (summed on the host: deterministic, no atomics).
+
+Accumulation in float32 (float16/bfloat16/float32 inputs) or float64 (float64 inputs). tanh is
+2 * sigmoid(2x) - 1 (the interpreter has no libdevice). Row offsets are int64.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+EPS: tl.constexpr = tl.constexpr(1e-7)  # as reference.EPS
+
+
+@triton.jit
+def _tanh(x):
+    return 2.0 * tl.sigmoid(2.0 * x) - 1.0
+
+
+@triton.jit
+def _key_bounds(FP64: tl.constexpr):
+    """(KEY_MIN, KEY_MAX) sentinels: below every score's key / above every score's key (NaN included)."""
+    if FP64:
+        return -9223372036854775807 - 1, 9223372036854775807
+    else:
+        return -2147483648, 2147483647
+
+
+@triton.jit
+def _score_key(s, FP64: tl.constexpr):
+    """Sortable integer key of a float score: integer order = float order, NaN above +inf, -0.0 == +0.0."""
+    if FP64:
+        bits = s.to(tl.int64, bitcast=True)
+        key = tl.where(bits < 0, bits ^ 0x7FFFFFFFFFFFFFFF, bits)
+        key = tl.where(s != s, 0x7FF8000000000000, key)
+    else:
+        bits = s.to(tl.int32, bitcast=True)
+        key = tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
+        key = tl.where(s != s, 0x7FC00000, key)
+    return tl.where(s == 0, 0, key)
+
+
+@triton.jit
+def _key_score(key, FP64: tl.constexpr):
+    """Inverse of `_score_key` (exact, up to the sign of zero and the NaN payload)."""
+    if FP64:
+        bits = tl.where(key < 0, key ^ 0x7FFFFFFFFFFFFFFF, key)
+        return bits.to(tl.float64, bitcast=True)
+    else:
+        bits = tl.where(key < 0, key ^ 0x7FFFFFFF, key)
+        return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _sorted_top(key, idx, K1: tl.constexpr, K_PAD: tl.constexpr, FP64: tl.constexpr):
+    """The best K1 (key, idx) of a candidate vector, ordered (key descending, idx ascending), in a K_PAD
+    vector; positions >= K1, and positions left when fewer candidates exist, hold KEY_MIN."""
+    KEY_MIN, KEY_MAX = _key_bounds(FP64)
+    pos = tl.arange(0, K_PAD)
+    out_key = tl.zeros([K_PAD], key.dtype) + KEY_MIN
+    out_idx = tl.full([K_PAD], -1, tl.int32)
+    for r in range(K1):
+        m = tl.max(key, 0)
+        i = tl.min(tl.where(key == m, idx, 2147483647), 0)
+        out_key = tl.where(pos == r, m, out_key)
+        out_idx = tl.where(pos == r, i, out_idx)
+        key = tl.where((key == m) & (idx == i), KEY_MIN, key)
+    return out_key, out_idx
+
+
+@triton.jit
+def _scan_chunk(q_row, k_row, w_ptr, start, end, D: tl.constexpr, ACC: tl.constexpr, FP64: tl.constexpr,
+                K1: tl.constexpr, K_PAD: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Scores of slots [start, end) of one row, tile by tile; returns the best K1 as an unordered set
+    (run_key, run_idx) of K_PAD entries, KEY_MIN where empty. k_row points at slot 0 of the row."""
+    KEY_MIN, KEY_MAX = _key_bounds(FP64)
+    pos = tl.arange(0, K_PAD)
+    # Slots >= K1 of the set hold KEY_MAX so that they are never the weakest entry.
+    run_key = tl.where(pos < K1, KEY_MIN, KEY_MAX)
+    run_idx = -1 - pos  # distinct, so that exactly one entry is the weakest
+    thr = tl.min(run_key, 0)  # the weakest kept key
+    offs_t = tl.arange(0, BLOCK_T)
+    offs_d = tl.arange(0, BLOCK_D)
+    for it in range(0, tl.cdiv(end - start, BLOCK_T)):
+        t0 = start + it * BLOCK_T
+        slot = t0 + offs_t
+        tmask = slot < end
+        tile_ptr = k_row + tl.cast(t0, tl.int64) * D
+        s = tl.zeros([BLOCK_T], ACC)
+        for d0 in tl.static_range(0, D, BLOCK_D):
+            dmask = (d0 + offs_d) < D
+            q = tl.load(q_row + d0 + offs_d, mask=dmask, other=0.0).to(ACC)
+            w = tl.load(w_ptr + d0 + offs_d, mask=dmask, other=0.0).to(ACC)
+            kt = tl.load(tile_ptr + offs_t[:, None] * D + (d0 + offs_d)[None, :],
+                         mask=tmask[:, None] & dmask[None, :], other=0.0).to(ACC)
+            s += tl.sum(_tanh(q[None, :] + kt) * w[None, :], 1)
+        key = tl.where(tmask, _score_key(s, FP64), KEY_MIN)
+        mk = tl.max(key, 0)
+        while mk > thr:
+            i = tl.min(tl.where(key == mk, slot, 2147483647), 0)
+            # Replace the weakest entry: lowest key, and among equal keys the highest index.
+            wi = tl.max(tl.where(run_key == thr, run_idx, -2147483648), 0)
+            weakest = (run_key == thr) & (run_idx == wi)
+            run_key = tl.where(weakest, mk, run_key)
+            run_idx = tl.where(weakest, i, run_idx)
+            key = tl.where(slot == i, KEY_MIN, key)
+            thr = tl.min(run_key, 0)
+            mk = tl.max(key, 0)
+    run_key = tl.where(pos < K1, run_key, KEY_MIN)
+    return run_key, run_idx
+
+
+@triton.jit
+def _finish_row(b, top_key, top_idx, n, T, k_out, v_ptr, summary_ptr, weights_ptr, indices_ptr, threshold_ptr,
+                H: tl.constexpr, ACC: tl.constexpr, FP64: tl.constexpr, K_TOP: tl.constexpr,
+                K_PAD: tl.constexpr, BLOCK_H: tl.constexpr):
+    """Weights, indices, threshold and summary of row b from its ordered top-(k_top+1) candidates."""
+    KEY_MIN, KEY_MAX = _key_bounds(FP64)
+    pos = tl.arange(0, K_PAD)
+    valid = top_key != KEY_MIN
+    s = tl.where(valid, _key_score(top_key, FP64), 0.0)
+    used = valid & (pos < K_TOP)
+    sparse = n > K_TOP
+    # Sparse rows: relu(s - tau) / (sum + eps); NaN propagates (where(r <= 0, 0, r), not where(r > 0, ...)).
+    tau = tl.sum(tl.where(pos == K_TOP, s, 0.0), 0)
+    r = s - tau
+    relu = tl.where(used, tl.where(r <= 0, 0.0, r), 0.0)
+    a_sparse = relu / (tl.sum(relu, 0) + EPS)
+    # Few-slot rows: softmax over the valid slots; the first is the maximum (NaN ranks first).
+    m = tl.sum(tl.where(pos == 0, s, 0.0), 0)
+    e = tl.where(used, tl.exp(s - m), 0.0)
+    e_sum = tl.sum(e, 0)
+    a_dense = e / tl.where(e_sum > 0, e_sum, 1.0)  # no 0/0 in empty rows (masked below); NaN stays NaN
+    a = tl.where(used, tl.where(sparse, a_sparse, a_dense), 0.0)
+
+    b64 = b.to(tl.int64)
+    out_mask = pos < k_out
+    tl.store(weights_ptr + b64 * k_out + pos, a.to(weights_ptr.dtype.element_ty), mask=out_mask)
+    tl.store(indices_ptr + b64 * k_out + pos, tl.where(used, top_idx, -1).to(tl.int64), mask=out_mask)
+    thr_slot = tl.sum(tl.where(pos == K_TOP, top_idx, 0), 0)
+    tl.store(threshold_ptr + b64, tl.where(sparse, thr_slot, -1).to(tl.int64))
+
+    # Gather only the selected value rows.
+    T64 = tl.cast(T, tl.int64)
+    v_rows = v_ptr + (b64 * T64 + tl.where(used, top_idx, 0).to(tl.int64)) * H  # (K_PAD,) row pointers
+    offs_h = tl.arange(0, BLOCK_H)
+    for h0 in tl.static_range(0, H, BLOCK_H):
+        hmask = (h0 + offs_h) < H
+        v = tl.load(v_rows[:, None] + (h0 + offs_h)[None, :], mask=used[:, None] & hmask[None, :], other=0.0).to(ACC)
+        contrib = tl.where(used[:, None], a[:, None] * v, 0.0)
+        tl.store(summary_ptr + b64 * H + h0 + offs_h, tl.sum(contrib, 0).to(summary_ptr.dtype.element_ty), mask=hmask)
+
+
+@triton.jit
+def _fwd_chunk_kernel(q_ptr, k_ptr, w_ptr, len_ptr, v_ptr, cand_key_ptr, cand_idx_ptr,
+                      summary_ptr, weights_ptr, indices_ptr, threshold_ptr,
+                      T, K_OUT, CHUNK, NUM_CHUNKS,
+                      D: tl.constexpr, H: tl.constexpr, ACC: tl.constexpr, FP64: tl.constexpr,
+                      K_TOP: tl.constexpr, K_PAD: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+                      BLOCK_H: tl.constexpr, FUSED: tl.constexpr):
+    """Stage 1, one program per (row, chunk of CHUNK slots). FUSED (one chunk): also stage 2."""
+    pid = tl.program_id(0)
+    b = pid // NUM_CHUNKS
+    c = pid % NUM_CHUNKS
+    b64 = b.to(tl.int64)
+    n = tl.load(len_ptr + b).to(tl.int32)
+    start = c * CHUNK
+    end = tl.minimum(start + CHUNK, n)
+    run_key, run_idx = _scan_chunk(q_ptr + b64 * D, k_ptr + b64 * tl.cast(T, tl.int64) * D, w_ptr, start, end,
+                                   D, ACC, FP64, K_TOP + 1, K_PAD, BLOCK_T, BLOCK_D)
+    if FUSED:
+        top_key, top_idx = _sorted_top(run_key, run_idx, K_TOP + 1, K_PAD, FP64)
+        _finish_row(b, top_key, top_idx, n, T, K_OUT, v_ptr, summary_ptr, weights_ptr, indices_ptr, threshold_ptr,
+                    H, ACC, FP64, K_TOP, K_PAD, BLOCK_H)
+    else:
+        pos = tl.arange(0, K_PAD)
+        base = pid.to(tl.int64) * K_PAD
+        tl.store(cand_key_ptr + base + pos, run_key)
+        tl.store(cand_idx_ptr + base + pos, run_idx)
+
+
+@triton.jit
+def _fwd_merge_kernel(len_ptr, v_ptr, cand_key_ptr, cand_idx_ptr,
+                      summary_ptr, weights_ptr, indices_ptr, threshold_ptr,
+                      T, K_OUT, NUM_CHUNKS,
+                      H: tl.constexpr, ACC: tl.constexpr, FP64: tl.constexpr, K_TOP: tl.constexpr,
+                      K_PAD: tl.constexpr, C_PAD: tl.constexpr, BLOCK_H: tl.constexpr):
+    """Stage 2, one program per row: merge the chunks' candidates, then weights and summary."""
+    KEY_MIN, KEY_MAX = _key_bounds(FP64)
+    b = tl.program_id(0)
+    b64 = b.to(tl.int64)
+    n = tl.load(len_ptr + b).to(tl.int32)
+    offs = tl.arange(0, C_PAD * K_PAD)
+    cmask = offs < NUM_CHUNKS * K_PAD
+    base = b64 * NUM_CHUNKS * K_PAD
+    key = tl.load(cand_key_ptr + base + offs, mask=cmask, other=KEY_MIN)
+    idx = tl.load(cand_idx_ptr + base + offs, mask=cmask, other=-1)
+    top_key, top_idx = _sorted_top(key, idx, K_TOP + 1, K_PAD, FP64)
+    _finish_row(b, top_key, top_idx, n, T, K_OUT, v_ptr, summary_ptr, weights_ptr, indices_ptr, threshold_ptr,
+                H, ACC, FP64, K_TOP, K_PAD, BLOCK_H)
+
+
+@triton.jit
+def _bwd_kernel(gs_ptr, gw_ptr, q_ptr, k_ptr, v_ptr, w_ptr, indices_ptr, threshold_ptr,
+                gq_ptr, gk_ptr, gv_ptr, gwp_ptr,
+                T, K_OUT,
+                D: tl.constexpr, H: tl.constexpr, ACC: tl.constexpr, K_PAD: tl.constexpr,
+                BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr):
+    """One program per row: `reference_backward` on the k = K_OUT selected rows and the threshold row.
+
+    Entry j < K_OUT is selected slot j, entry K_OUT the threshold slot; unused entries read slot 0 (as the
+    reference's clamp does) and carry zero gradient.
+    """
+    b = tl.program_id(0)
+    b64 = b.to(tl.int64)
+    T64 = tl.cast(T, tl.int64)
+    pos = tl.arange(0, K_PAD)
+    is_sel = pos < K_OUT
+    in_set = pos <= K_OUT
+    sel = tl.load(indices_ptr + b64 * K_OUT + pos, mask=is_sel, other=-1)
+    thr = tl.load(threshold_ptr + b64)
+    raw = tl.where(is_sel, sel, tl.where(pos == K_OUT, thr, -1))
+    used = is_sel & (sel >= 0)
+    sparse_row = thr >= 0
+    rows = tl.maximum(raw, 0)
+    k_rows = k_ptr + (b64 * T64 + rows) * D  # (K_PAD,) row pointers
+    v_rows = v_ptr + (b64 * T64 + rows) * H
+    gv_rows = gv_ptr + (b64 * T64 + rows) * H
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_h = tl.arange(0, BLOCK_H)
+
+    # Scores of the k + 1 rows.
+    s = tl.zeros([K_PAD], ACC)
+    for d0 in tl.static_range(0, D, BLOCK_D):
+        dmask = (d0 + offs_d) < D
+        q = tl.load(q_ptr + b64 * D + d0 + offs_d, mask=dmask, other=0.0).to(ACC)
+        w = tl.load(w_ptr + d0 + offs_d, mask=dmask, other=0.0).to(ACC)
+        kr = tl.load(k_rows[:, None] + (d0 + offs_d)[None, :], mask=in_set[:, None] & dmask[None, :], other=0.0).to(ACC)
+        s += tl.sum(_tanh(q[None, :] + kr) * w[None, :], 1)
+    tau = tl.sum(tl.where(pos == K_OUT, s, 0.0), 0)
+
+    # The weights, recomputed as in the forward.
+    r = s - tau
+    relu = tl.where(is_sel, tl.where(r <= 0, 0.0, r), 0.0)
+    z = tl.sum(relu, 0) + EPS
+    m = tl.sum(tl.where(pos == 0, s, 0.0), 0)  # slot 0 holds the largest score (NaN ranks first)
+    e = tl.where(used, tl.exp(s - m), 0.0)
+    e_sum = tl.sum(e, 0)
+    dense = e / tl.where(e_sum > 0, e_sum, 1.0)
+    a = tl.where(used, tl.where(sparse_row, relu / z, dense), 0.0)
+
+    # dL/da = grad_weights + <grad_summary, v_j>
+    g_a = tl.load(gw_ptr + b64 * K_OUT + pos, mask=is_sel, other=0.0).to(ACC)
+    for h0 in tl.static_range(0, H, BLOCK_H):
+        hmask = (h0 + offs_h) < H
+        gs = tl.load(gs_ptr + b64 * H + h0 + offs_h, mask=hmask, other=0.0).to(ACC)
+        v = tl.load(v_rows[:, None] + (h0 + offs_h)[None, :], mask=used[:, None] & hmask[None, :], other=0.0).to(ACC)
+        g_a += tl.sum(v * gs[None, :], 1)
+        gv = tl.where(used[:, None], a[:, None] * gs[None, :], 0.0)
+        tl.store(gv_rows[:, None] + (h0 + offs_h)[None, :], gv.to(gv_ptr.dtype.element_ty),
+                 mask=used[:, None] & hmask[None, :])
+    g_a = tl.where(used, g_a, 0.0)
+
+    # Jacobian of the sparsifier / softmax.
+    centred = g_a - tl.sum(a * g_a, 0)
+    g_sparse = tl.where(relu > 0, centred / z, 0.0)
+    g_sel = tl.where(used, tl.where(sparse_row, g_sparse, a * centred), 0.0)
+    g_tau = tl.where(sparse_row, -tl.sum(g_sel, 0), 0.0)
+    g_s = tl.where(is_sel, g_sel, tl.where(pos == K_OUT, g_tau, 0.0))
+
+    # Through tanh: dL/d(q + k_row) per row; query, key rows, and the score_weight partial.
+    write_key = used | ((pos == K_OUT) & sparse_row)
+    gk_rows = gk_ptr + (b64 * T64 + rows) * D
+    for d0 in tl.static_range(0, D, BLOCK_D):
+        dmask = (d0 + offs_d) < D
+        q = tl.load(q_ptr + b64 * D + d0 + offs_d, mask=dmask, other=0.0).to(ACC)
+        w = tl.load(w_ptr + d0 + offs_d, mask=dmask, other=0.0).to(ACC)
+        kr = tl.load(k_rows[:, None] + (d0 + offs_d)[None, :], mask=in_set[:, None] & dmask[None, :], other=0.0).to(ACC)
+        hid = _tanh(q[None, :] + kr)
+        d_pre = tl.where(in_set[:, None], g_s[:, None] * (1.0 - hid * hid) * w[None, :], 0.0)
+        tl.store(gq_ptr + b64 * D + d0 + offs_d, tl.sum(d_pre, 0).to(gq_ptr.dtype.element_ty), mask=dmask)
+        gw_part = tl.sum(tl.where(in_set[:, None], g_s[:, None] * hid, 0.0), 0)
+        tl.store(gwp_ptr + b64 * D + d0 + offs_d, gw_part, mask=dmask)
+        tl.store(gk_rows[:, None] + (d0 + offs_d)[None, :], d_pre.to(gk_ptr.dtype.element_ty),
+                 mask=write_key[:, None] & dmask[None, :])

@@ -1,0 +1,237 @@
+"""The Triton backend against the reference: every dtype and shared case, the chunked (two-stage) forward,
+large T, large k_top, NaN rows, determinism, routing of backend="auto", and random shapes.
+
+Without a GPU the kernels run in the Triton interpreter on CPU tensors (conftest sets TRITON_INTERPRET=1);
+the tests marked `cuda` run the same checks on a GPU when there is one.
+"""
+
+import contextlib
+import functools
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from op_cases import DTYPES, FORWARD_TOL, SMALL_CASES, Case, assert_close, case_params, check_backend, make_inputs
+from sab_kernels import sparse_attention
+from sab_kernels.kernels import triton_backend, triton_interpreter_enabled
+from sab_kernels.reference import reference_forward
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+DEVICES = ["cpu"] if not torch.cuda.is_available() else ["cuda"]
+
+
+@contextlib.contextmanager
+def forward_plan(block_t=None, chunk=None):
+    """Make the op's Triton forward use these tiles / chunks (the two-stage path when chunk < T)."""
+    original = triton_backend.forward
+    triton_backend.forward = functools.partial(original, block_t=block_t, chunk=chunk)
+    try:
+        yield
+    finally:
+        triton_backend.forward = original
+
+
+def _lengths(case, B, T, device):
+    lengths = make_inputs(case, torch.float64)[4]
+    return (torch.full((B,), T, dtype=torch.int64) if lengths is None else lengths).to(device)
+
+
+def _check_forward_contract(case, dtype, device, **plan):
+    """All four outputs of the backend's forward (threshold included) against `reference_forward`."""
+    q, k, v, w, _ = make_inputs(case, dtype, device)
+    lengths = _lengths(case, case.B, case.T, device)
+    out = triton_backend.forward(q, k, v, w, case.k_top, lengths, **plan)
+    ref = reference_forward(q, k, v, w, case.k_top, lengths)
+    assert torch.equal(out[2].cpu(), ref[2].cpu()), f"indices:\n{out[2]}\n{ref[2]}"
+    assert torch.equal(out[3].cpu(), ref[3].cpu()), f"threshold:\n{out[3]}\n{ref[3]}"
+    assert_close(out[1], ref[1], FORWARD_TOL[dtype], "weights")
+    assert_close(out[0], ref[0], FORWARD_TOL[dtype], "summary")
+    return out
+
+
+# --- every shared case, every dtype (forward + backward through the op) --------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", case_params(SMALL_CASES))
+def test_matches_reference(case, dtype):
+    check_backend("triton", case, dtype, device=DEVICES[0])
+
+
+@pytest.mark.parametrize("case", case_params(SMALL_CASES))
+def test_forward_contract_with_threshold(case):
+    _check_forward_contract(case, torch.float64, DEVICES[0])
+
+
+# --- the two-stage (chunked) forward ------------------------------------------------------------------
+
+CHUNKED_CASES = [
+    (Case(3, 200, 5, 4, 5, lengths="ragged"), 16, 32),  # several chunks, some past the row's length
+    (Case(4, 90, 6, 5, 4, ties=True), 16, 16),  # equal scores across chunk boundaries
+    (Case(2, 100, 7, 3, 32), 16, 16),  # k_top + 1 > chunk: every chunk short of candidates
+    (Case(6, 70, 5, 4, 40, lengths="ragged"), 16, 32),  # K_PAD = 64, ragged, few chunks
+    (Case(2, 301, 9, 13, 8, noncontig=True), 32, 64),  # T not a multiple of the tile
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case, block_t, chunk", [pytest.param(*c, id=f"{c[0].id}-t{c[1]}-c{c[2]}") for c in CHUNKED_CASES])
+def test_chunked_forward_matches_reference(case, block_t, chunk, dtype):
+    with forward_plan(block_t, chunk):
+        check_backend("triton", case, dtype, device=DEVICES[0])
+    _check_forward_contract(case, dtype, DEVICES[0], block_t=block_t, chunk=chunk)
+
+
+def test_large_T_one_and_many_chunks():
+    """T = 65,536 and k_top = 32 in float32; the chunked plan gives bitwise the same outputs."""
+    case = Case(2, 65536, 4, 3, 32, lengths="ragged")
+    out, _ = check_backend("triton", case, torch.float32, device=DEVICES[0], seed=5)
+    q, k, v, w, _ = make_inputs(case, torch.float32, DEVICES[0], seed=5)
+    lengths = _lengths(case, case.B, case.T, DEVICES[0])
+    one = triton_backend.forward(q, k, v, w, 32, lengths, block_t=4096, chunk=65536)
+    many = triton_backend.forward(q, k, v, w, 32, lengths, block_t=1024, chunk=4096)
+    ref = reference_forward(q, k, v, w, 32, lengths)
+    assert torch.equal(one[3], ref[3])
+    for a, b in zip(one, many):
+        assert torch.equal(a, b)
+    assert torch.equal(one[0], out.summary) and torch.equal(one[2], out.indices)
+
+
+def test_plan_splits_T_on_gpu_only():
+    """The GPU plan spreads a row over many programs; the interpreter plan keeps one chunk."""
+    block_t, _, chunk, chunks = triton_backend.forward_plan(32, 4096, 128, 8, interpreted=True)
+    assert chunks == 1 and chunk >= 4096
+    assert triton_backend.forward_plan(2, 65536, 4, 32, interpreted=True, block_t=1024, chunk=4096)[3] == 16
+    # Candidates of the merge stage stay bounded however small the chunk asked for.
+    _, _, chunk, chunks = triton_backend.forward_plan(1, 10**6, 4, 63, interpreted=True, block_t=16, chunk=16)
+    assert chunks * 64 <= triton_backend._MAX_CANDIDATES and chunk % 16 == 0
+
+
+# --- NaN ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("plan", [{}, {"block_t": 16, "chunk": 16}], ids=["one-chunk", "chunked"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+def test_nan_score_makes_its_row_nan(plan, dtype):
+    """A NaN key makes its slot rank first and its row's weights and summary NaN; other rows are unaffected,
+    a NaN past a row's length changes nothing, and the gradients match the reference NaN for NaN."""
+    case = Case(4, 50, 6, 5, 4, lengths="full")
+    q, k, v, w, _ = make_inputs(case, dtype, DEVICES[0])
+    k[1, 37, 2] = float("nan")  # row 1: NaN score at slot 37
+    k[2, 45, 0] = float("nan")  # row 2: NaN past its length, never seen
+    lengths = torch.tensor([50, 50, 30, 3], device=k.device)
+    leaves = [t.detach().requires_grad_(True) for t in (q, k, v, w)]
+    ref_leaves = [t.detach().requires_grad_(True) for t in (q, k, v, w)]
+    with forward_plan(**plan):
+        out = sparse_attention(*leaves, case.k_top, lengths=lengths, backend="triton")
+        ref = sparse_attention(*ref_leaves, case.k_top, lengths=lengths, backend="reference")
+        assert out.indices[1, 0] == 37 and torch.equal(out.indices, ref.indices)
+        assert out.summary[1].isnan().all() and out.weights[1].isnan().all()
+        others = [0, 2, 3]
+        assert not out.summary[others].isnan().any() and not out.weights[others].isnan().any()
+        assert_close(out.summary[others], ref.summary[others], FORWARD_TOL[dtype], "summary")
+        assert_close(out.weights[others], ref.weights[others], FORWARD_TOL[dtype], "weights")
+        gs, gw = torch.ones_like(out.summary), torch.ones_like(out.weights)
+        grads = torch.autograd.grad((out.summary, out.weights), leaves, (gs, gw))
+        ref_grads = torch.autograd.grad((ref.summary, ref.weights), ref_leaves, (gs, gw))
+    for name, a, b in zip(("query", "keys", "values", "score_weight"), grads, ref_grads):
+        assert torch.equal(a.isnan(), b.isnan()), f"grad_{name}: NaN pattern differs"
+        torch.testing.assert_close(a, b, equal_nan=True, atol=1e-4, rtol=1e-4, msg=f"grad_{name}")
+
+
+def test_all_nan_row_and_infinite_keys():
+    """Every score NaN (ties among NaN break to the lower index); +-inf keys give finite scores."""
+    case = Case(3, 20, 4, 3, 3)
+    q, k, v, w, _ = make_inputs(case, torch.float64, DEVICES[0])
+    k[0] = float("nan")
+    k[1, 4] = float("inf")
+    k[2, 7] = -float("inf")
+    lengths = torch.full((3,), 20, device=k.device)
+    out = triton_backend.forward(q, k, v, w, 3, lengths)
+    ref = reference_forward(q, k, v, w, 3, lengths)
+    assert out[2][0].tolist() == [0, 1, 2] and out[3][0] == 3
+    assert torch.equal(out[2], ref[2]) and torch.equal(out[3], ref[3])
+    torch.testing.assert_close(out[0], ref[0], equal_nan=True)
+    torch.testing.assert_close(out[1], ref[1], equal_nan=True)
+
+
+# --- determinism, routing ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("plan", [{}, {"block_t": 32, "chunk": 64}], ids=["one-chunk", "chunked"])
+def test_deterministic_bitwise(plan):
+    case = Case(4, 300, 16, 12, 8, ties=True)
+    with forward_plan(**plan):
+        runs = [check_backend("triton", case, torch.float32, device=DEVICES[0], seed=3) for _ in range(2)]
+    (o1, g1), (o2, g2) = runs
+    for a, b in zip((*o1, *g1), (*o2, *g2)):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.skipif(not triton_interpreter_enabled(), reason="backend='auto' sends CPU tensors to Triton only under TRITON_INTERPRET=1")
+def test_auto_routes_cpu_tensors_to_triton_under_interpreter(monkeypatch):
+    calls = []
+
+    def counting(name):
+        original = getattr(triton_backend, name)
+
+        def wrapper(*args, **kwargs):
+            calls.append(name)
+            return original(*args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(triton_backend, "forward", counting("forward"))
+    monkeypatch.setattr(triton_backend, "backward", counting("backward"))
+    q, k, v, w, _ = make_inputs(Case(2, 9, 4, 3, 2), torch.float32)
+    leaves = [t.requires_grad_(True) for t in (q, k, v, w)]
+    out = sparse_attention(*leaves, 2)
+    (out.summary.sum() + out.weights.sum()).backward()
+    assert calls == ["forward", "backward"]
+
+
+# --- random shapes -------------------------------------------------------------------------------------
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    B=st.integers(1, 4),
+    T=st.integers(1, 70),
+    D=st.integers(1, 9),
+    H=st.integers(1, 9),
+    k_top=st.integers(1, 12),
+    ragged=st.booleans(),
+    ties=st.booleans(),
+    chunk=st.sampled_from([None, 16, 32]),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+    seed=st.integers(0, 2**16),
+)
+def test_hypothesis_matches_reference(B, T, D, H, k_top, ragged, ties, chunk, dtype, seed):
+    case = Case(B, T, D, H, k_top, lengths="ragged" if ragged else "full", ties=ties)
+    with forward_plan(16 if chunk else None, chunk):
+        check_backend("triton", case, dtype, device=DEVICES[0], seed=seed)
+
+
+# --- GPU --------------------------------------------------------------------------------------------------
+
+
+@cuda
+def test_cuda_default_plan_is_chunked_at_large_T():
+    assert triton_backend.forward_plan(32, 65536, 128, 8, interpreted=False, device=torch.device("cuda"))[3] > 1
+
+
+@cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_big_shape(dtype):
+    """B = 32, T = 65,536, D = H = 128, k_top = 8: the benchmark's shape, on the default (chunked) plan."""
+    check_backend("triton", Case(32, 65536, 128, 128, 8, lengths="ragged"), dtype, device="cuda")
+
+
+@cuda
+def test_cuda_deterministic_big():
+    case = Case(32, 16384, 128, 128, 16, ties=True)
+    (o1, g1), (o2, g2) = [check_backend("triton", case, torch.bfloat16, device="cuda", seed=1) for _ in range(2)]
+    for a, b in zip((*o1, *g1), (*o2, *g2)):
+        assert torch.equal(a, b)
