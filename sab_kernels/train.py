@@ -124,6 +124,12 @@ def _write_csv(rows: List[dict], path: str) -> None:
         writer.writerows(rows)
 
 
+def read_rows(path: str) -> List[dict]:
+    """metrics.csv back as a list of {column: float} (step as int)."""
+    with open(path, newline="") as f:
+        return [{k: (int(v) if k == "step" else float(v)) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
 def run(args: argparse.Namespace) -> dict:
     """Train and evaluate as configured by `args` (see parse_args); returns the final metrics dict."""
     if args.threads:

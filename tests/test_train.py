@@ -103,3 +103,12 @@ def test_torchrun_two_cpu_processes_ddp(tmp_path):
     result = _last_json(proc.stdout)
     assert result["world_size"] == 2 and result["task"] == "copy" and result["step"] == 3
     assert os.path.exists(os.path.join(out, "checkpoint.pt"))
+
+
+def test_train_demo_runs(tmp_path, capsys):
+    from sab_kernels import train_demo
+
+    summary = train_demo.main(["--steps", "2", "--seq-len", "2", "--backend", "cpu", "--out", str(tmp_path), "--no-progress"])
+    assert set(summary) >= {"sab", "tbptt"} and 0 <= summary["sab"]["acc10"] <= 1
+    assert os.path.getsize(tmp_path / "demo_copy.png") > 0
+    assert "| SAB" in capsys.readouterr().out
