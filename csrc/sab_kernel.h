@@ -1,0 +1,78 @@
+// The interface between the host code (sparse_attention.cpp: checks, allocation, threading) and the
+// per-CPU-capability kernels (kernel_{default,avx2,avx512}.cpp, all built from sab_kernel_impl.h).
+//
+// Kept free of ATen includes on purpose: the capability translation units are compiled for AVX2/AVX-512
+// and must share no inline code with the host translation unit beyond this plain-data header.
+#pragma once
+
+#include <cstdint>
+
+namespace sab {
+
+// Storage type of keys / values / outputs. Scores and every accumulation use float for F16/BF16.
+enum class Dtype : int { F32 = 0, F64 = 1, F16 = 2, BF16 = 3 };
+constexpr int kNumDtypes = 4;
+
+struct ForwardArgs {
+  // Inputs. q and w are already in the compute dtype (float for F16/BF16); keys/values in the storage dtype.
+  const void* q;         // (B, D)
+  const void* keys;      // (B, T, D)
+  const void* values;    // (B, T, H)
+  const void* w;         // (D,)
+  const int64_t* lengths;  // (B,) in [0, T]
+  int64_t B, T, D, H, k_top, k;  // k = min(k_top, T)
+  int64_t cap;                   // min(k_top + 1, T): the running top list of one row
+  // Outputs.
+  void* summary;       // (B, H) storage dtype
+  void* weights;       // (B, k) storage dtype
+  int64_t* indices;    // (B, k)
+  int64_t* threshold;  // (B,)
+};
+
+struct BackwardArgs {
+  const void* grad_summary;  // (B, H) compute dtype
+  const void* grad_weights;  // (B, k) compute dtype
+  const void* q;             // (B, D) compute dtype
+  const void* keys;          // (B, T, D)
+  const void* values;        // (B, T, H)
+  const void* w;             // (D,) compute dtype
+  const int64_t* indices;    // (B, k)
+  const int64_t* threshold;  // (B,)
+  int64_t B, T, D, H, k;
+  void* grad_query;       // (B, D) storage dtype
+  void* grad_keys;        // (B, T, D) storage dtype, written in full (zeros + touched rows)
+  void* grad_values;      // (B, T, H) storage dtype, written in full
+  void* grad_w_partial;   // (B, D) compute dtype: per-row contribution, reduced by the host in row order
+};
+
+// Split forward (rows with T much larger than the work per thread): `chunks` chunks of `chunk_len` slots
+// per row. Item t = b * chunks + c scans slots [c * chunk_len, (c + 1) * chunk_len) of row b and leaves its
+// sorted top list in part_s/part_i[t * cap ...] with its length in part_n[t].
+struct Partials {
+  int64_t chunks, chunk_len;
+  void* part_s;     // compute dtype, (B * chunks * cap)
+  int64_t* part_i;  // (B * chunks * cap)
+  int64_t* part_n;  // (B * chunks)
+};
+
+struct Kernels {
+  // Rows [b0, b1): scores, running top list, weights, summary.
+  void (*forward_rows)(const ForwardArgs&, int64_t b0, int64_t b1);
+  // Items [t0, t1) of the split forward, then rows [b0, b1) merged (in chunk order) and finished.
+  void (*forward_partial)(const ForwardArgs&, const Partials&, int64_t t0, int64_t t1);
+  void (*forward_merge)(const ForwardArgs&, const Partials&, int64_t b0, int64_t b1);
+  // Rows [b0, b1) of the backward.
+  void (*backward_rows)(const BackwardArgs&, int64_t b0, int64_t b1);
+};
+
+struct KernelTable {
+  const char* name;  // "default", "avx2", "avx512"
+  Kernels by_dtype[kNumDtypes];
+};
+
+// Each returns nullptr when that capability was not compiled in (non-x86 builds).
+const KernelTable* kernels_default();
+const KernelTable* kernels_avx2();
+const KernelTable* kernels_avx512();
+
+}  // namespace sab

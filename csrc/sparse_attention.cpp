@@ -1,0 +1,330 @@
+// sab_kernels._C: the compiled CPU kernels of the SAB sparse-attention op (SPEC section 1).
+//
+//   forward(query, keys, values, score_weight, k_top, lengths) -> (summary, weights, indices, threshold)
+//   backward(grad_summary, grad_weights, query, keys, values, score_weight, k_top, lengths, weights, indices,
+//            threshold) -> (grad_query, grad_keys, grad_values, grad_score_weight)
+//
+// Contract: sab_kernels/kernels/__init__.py (inputs contiguous, one dtype, CPU, lengths int64 in [0, T]).
+// The Python wrapper validates first; the TORCH_CHECKs here are a second line of defence that runs before
+// any pointer arithmetic.
+//
+// This file holds the host side: checks, allocation, conversions of the small operands to the compute
+// dtype, the choice of kernel table (default / AVX2 / AVX-512, sab_kernel_impl.h compiled three times) and
+// the threading. Parallelism is over batch rows; when there are fewer rows than threads and rows are long,
+// each row's slots are split into chunks whose sorted top lists are merged in chunk order. The top-list
+// order is a total order (score, then index), so the result is bitwise the same for any thread count.
+
+#include <torch/extension.h>
+
+#include <ATen/Parallel.h>
+#include <ATen/Version.h>
+
+#include <algorithm>
+#include <atomic>
+#include <string>
+#include <vector>
+
+#include "sab_kernel.h"
+
+namespace sab {
+namespace {
+
+// Work (in multiply-add-tanh units) below which a parallel region costs more than it saves.
+constexpr int64_t kGrainWork = 1 << 15;
+// Shortest slot chunk of the split forward.
+constexpr int64_t kMinChunk = 1024;
+
+std::atomic<const KernelTable*> g_forced{nullptr};
+
+const KernelTable* best_table() {
+  static const KernelTable* best = [] {
+    // torch's own choice ("DEFAULT", "AVX2", "AVX512", ...), which honours ATEN_CPU_CAPABILITY.
+    const std::string cap = at::get_cpu_capability();
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (cap == "AVX512" && kernels_avx512() && __builtin_cpu_supports("avx512f") &&
+        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("fma")) {
+      return kernels_avx512();
+    }
+    if ((cap == "AVX512" || cap == "AVX2") && kernels_avx2() && __builtin_cpu_supports("avx2") &&
+        __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")) {
+      return kernels_avx2();
+    }
+#else
+    (void)cap;
+#endif
+    return kernels_default();
+  }();
+  return best;
+}
+
+const KernelTable* table() {
+  const KernelTable* forced = g_forced.load(std::memory_order_relaxed);
+  return forced ? forced : best_table();
+}
+
+Dtype dtype_of(const at::Tensor& t) {
+  switch (t.scalar_type()) {
+    case at::kFloat:
+      return Dtype::F32;
+    case at::kDouble:
+      return Dtype::F64;
+    case at::kHalf:
+      return Dtype::F16;
+    case at::kBFloat16:
+      return Dtype::BF16;
+    default:
+      TORCH_CHECK(false, "sab_kernels._C: unsupported dtype ", t.scalar_type(),
+                  " (float16, bfloat16, float32 or float64 expected)");
+  }
+}
+
+at::ScalarType compute_type(at::ScalarType t) {
+  return (t == at::kHalf || t == at::kBFloat16) ? at::kFloat : t;
+}
+
+void check_tensor(const at::Tensor& t, const char* name, int64_t dim, at::ScalarType dtype) {
+  TORCH_CHECK(t.defined(), "sab_kernels._C: ", name, " is undefined");
+  TORCH_CHECK(t.device().is_cpu(), "sab_kernels._C: ", name, " must be a CPU tensor, got ", t.device());
+  TORCH_CHECK(t.dim() == dim, "sab_kernels._C: ", name, " must be ", dim, "-D, got ", t.sizes());
+  TORCH_CHECK(t.scalar_type() == dtype, "sab_kernels._C: ", name, " has dtype ", t.scalar_type(), ", expected ",
+              dtype);
+  TORCH_CHECK(t.is_contiguous(), "sab_kernels._C: ", name, " must be contiguous");
+}
+
+void check_shape(const at::Tensor& t, const char* name, at::IntArrayRef expected) {
+  TORCH_CHECK(t.sizes() == expected, "sab_kernels._C: ", name, " must have shape ", expected, ", got ", t.sizes());
+}
+
+struct Shapes {
+  int64_t B, T, D, H, k_top, k;
+};
+
+// Checks shared by forward and backward; returns the sizes.
+Shapes check_inputs(const at::Tensor& query, const at::Tensor& keys, const at::Tensor& values,
+                    const at::Tensor& score_weight, int64_t k_top, const at::Tensor& lengths) {
+  TORCH_CHECK(query.defined() && keys.defined(), "sab_kernels._C: query and keys must be defined");
+  const auto dtype = query.scalar_type();
+  dtype_of(query);
+  check_tensor(query, "query", 2, dtype);
+  check_tensor(keys, "keys", 3, dtype);
+  check_tensor(values, "values", 3, dtype);
+  check_tensor(score_weight, "score_weight", 1, dtype);
+  check_tensor(lengths, "lengths", 1, at::kLong);
+  Shapes s{};
+  s.B = query.size(0);
+  s.D = query.size(1);
+  s.T = keys.size(1);
+  s.H = values.size(2);
+  check_shape(keys, "keys", {s.B, s.T, s.D});
+  check_shape(values, "values", {s.B, s.T, s.H});
+  check_shape(score_weight, "score_weight", {s.D});
+  check_shape(lengths, "lengths", {s.B});
+  TORCH_CHECK(s.T >= 1 && s.D >= 1 && s.H >= 1, "sab_kernels._C: need T, D, H >= 1, got T=", s.T, " D=", s.D,
+              " H=", s.H);
+  TORCH_CHECK(k_top >= 1, "sab_kernels._C: k_top must be >= 1, got ", k_top);
+  const int64_t* len = lengths.data_ptr<int64_t>();
+  for (int64_t b = 0; b < s.B; ++b) {
+    TORCH_CHECK(len[b] >= 0 && len[b] <= s.T, "sab_kernels._C: lengths must lie in [0, T] = [0, ", s.T,
+                "], got ", len[b], " at row ", b);
+  }
+  s.k_top = k_top;
+  s.k = std::min(k_top, s.T);
+  return s;
+}
+
+// at::parallel_for over [0, n) with a grain such that each task does at least kGrainWork units.
+template <typename F>
+void parallel_rows(int64_t n, int64_t work_per_item, const F& f) {
+  const int64_t grain = std::max<int64_t>(1, kGrainWork / std::max<int64_t>(1, work_per_item));
+  at::parallel_for(0, n, grain, f);
+}
+
+std::vector<at::Tensor> forward(const at::Tensor& query, const at::Tensor& keys, const at::Tensor& values,
+                                const at::Tensor& score_weight, int64_t k_top, const at::Tensor& lengths) {
+  const Shapes s = check_inputs(query, keys, values, score_weight, k_top, lengths);
+  const auto opts = values.options();
+  at::Tensor summary = at::empty({s.B, s.H}, opts);
+  at::Tensor weights = at::empty({s.B, s.k}, opts);
+  at::Tensor indices = at::empty({s.B, s.k}, opts.dtype(at::kLong));
+  at::Tensor threshold = at::empty({s.B}, opts.dtype(at::kLong));
+  if (s.B == 0) {
+    return {summary, weights, indices, threshold};
+  }
+  const auto ct = compute_type(query.scalar_type());
+  const at::Tensor q = query.to(ct).contiguous();
+  const at::Tensor w = score_weight.to(ct).contiguous();
+
+  ForwardArgs a{};
+  a.q = q.data_ptr();
+  a.keys = keys.data_ptr();
+  a.values = values.data_ptr();
+  a.w = w.data_ptr();
+  a.lengths = lengths.data_ptr<int64_t>();
+  a.B = s.B;
+  a.T = s.T;
+  a.D = s.D;
+  a.H = s.H;
+  a.k_top = s.k_top;
+  a.k = s.k;
+  a.cap = std::min(s.k_top, s.T - 1) + 1;  // min(k_top + 1, T) without overflow
+  a.summary = summary.data_ptr();
+  a.weights = weights.data_ptr();
+  a.indices = indices.data_ptr<int64_t>();
+  a.threshold = threshold.data_ptr<int64_t>();
+
+  const Kernels& kern = table()->by_dtype[static_cast<int>(dtype_of(query))];
+  const int64_t threads = at::get_num_threads();
+  // Split long rows when there are fewer rows than threads: `chunks` chunks per row, at least kMinChunk each.
+  int64_t chunks = 1;
+  if (s.B < threads && s.T >= 2 * kMinChunk) {
+    chunks = std::min((threads + s.B - 1) / s.B * 2, s.T / kMinChunk);
+  }
+  if (chunks <= 1) {
+    parallel_rows(s.B, s.T * s.D, [&](int64_t b0, int64_t b1) { kern.forward_rows(a, b0, b1); });
+  } else {
+    const int64_t chunk_len = (s.T + chunks - 1) / chunks;
+    chunks = (s.T + chunk_len - 1) / chunk_len;
+    const int64_t items = s.B * chunks;
+    at::Tensor part_s = at::empty({items * a.cap}, opts.dtype(ct));
+    at::Tensor part_i = at::empty({items * a.cap}, opts.dtype(at::kLong));
+    at::Tensor part_n = at::empty({items}, opts.dtype(at::kLong));
+    Partials p{chunks, chunk_len, part_s.data_ptr(), part_i.data_ptr<int64_t>(), part_n.data_ptr<int64_t>()};
+    at::parallel_for(0, items, 1, [&](int64_t t0, int64_t t1) { kern.forward_partial(a, p, t0, t1); });
+    parallel_rows(s.B, chunks * a.cap + s.k * s.H, [&](int64_t b0, int64_t b1) { kern.forward_merge(a, p, b0, b1); });
+  }
+  return {summary, weights, indices, threshold};
+}
+
+std::vector<at::Tensor> backward(const at::Tensor& grad_summary, const at::Tensor& grad_weights,
+                                 const at::Tensor& query, const at::Tensor& keys, const at::Tensor& values,
+                                 const at::Tensor& score_weight, int64_t k_top, const at::Tensor& lengths,
+                                 const at::Tensor& weights, const at::Tensor& indices, const at::Tensor& threshold) {
+  const Shapes s = check_inputs(query, keys, values, score_weight, k_top, lengths);
+  const auto dtype = query.scalar_type();
+  check_tensor(grad_summary, "grad_summary", 2, dtype);
+  check_tensor(grad_weights, "grad_weights", 2, dtype);
+  check_tensor(weights, "weights", 2, dtype);
+  check_tensor(indices, "indices", 2, at::kLong);
+  check_tensor(threshold, "threshold", 1, at::kLong);
+  check_shape(grad_summary, "grad_summary", {s.B, s.H});
+  check_shape(grad_weights, "grad_weights", {s.B, s.k});
+  check_shape(weights, "weights", {s.B, s.k});
+  check_shape(indices, "indices", {s.B, s.k});
+  check_shape(threshold, "threshold", {s.B});
+  // Slot indices come from our forward, but they are dereferenced: check them before any pointer arithmetic.
+  {
+    const int64_t* idx = indices.data_ptr<int64_t>();
+    const int64_t* thr = threshold.data_ptr<int64_t>();
+    const int64_t* len = lengths.data_ptr<int64_t>();
+    for (int64_t b = 0; b < s.B; ++b) {
+      for (int64_t j = 0; j < s.k; ++j) {
+        TORCH_CHECK(idx[b * s.k + j] >= -1 && idx[b * s.k + j] < len[b],
+                    "sab_kernels._C: indices out of range at row ", b);
+      }
+      TORCH_CHECK(thr[b] >= -1 && thr[b] < len[b], "sab_kernels._C: threshold out of range at row ", b);
+    }
+  }
+
+  const auto opts = values.options();
+  at::Tensor grad_query = at::empty({s.B, s.D}, opts);
+  at::Tensor grad_keys = at::empty({s.B, s.T, s.D}, opts);
+  at::Tensor grad_values = at::empty({s.B, s.T, s.H}, opts);
+  const auto ct = compute_type(dtype);
+  if (s.B == 0) {
+    return {grad_query, grad_keys, grad_values, at::zeros({s.D}, opts)};
+  }
+  const at::Tensor q = query.to(ct).contiguous();
+  const at::Tensor w = score_weight.to(ct).contiguous();
+  const at::Tensor gs = grad_summary.to(ct).contiguous();
+  const at::Tensor gw = grad_weights.to(ct).contiguous();
+  at::Tensor partial = at::empty({s.B, s.D}, opts.dtype(ct));
+
+  BackwardArgs a{};
+  a.grad_summary = gs.data_ptr();
+  a.grad_weights = gw.data_ptr();
+  a.q = q.data_ptr();
+  a.keys = keys.data_ptr();
+  a.values = values.data_ptr();
+  a.w = w.data_ptr();
+  a.indices = indices.data_ptr<int64_t>();
+  a.threshold = threshold.data_ptr<int64_t>();
+  a.B = s.B;
+  a.T = s.T;
+  a.D = s.D;
+  a.H = s.H;
+  a.k = s.k;
+  a.grad_query = grad_query.data_ptr();
+  a.grad_keys = grad_keys.data_ptr();
+  a.grad_values = grad_values.data_ptr();
+  a.grad_w_partial = partial.data_ptr();
+
+  const Kernels& kern = table()->by_dtype[static_cast<int>(dtype_of(query))];
+  // Work per row: zeroing its T (D + H) gradient entries, plus (k + 1) D tanh.
+  parallel_rows(s.B, s.T * (s.D + s.H) / 8 + (s.k + 1) * s.D,
+                [&](int64_t b0, int64_t b1) { kern.backward_rows(a, b0, b1); });
+
+  // grad_score_weight: the per-row partials summed in row order (deterministic for any thread count).
+  at::Tensor gsw = at::empty({s.D}, opts.dtype(ct));
+  AT_DISPATCH_FLOATING_TYPES(ct, "sab_grad_score_weight", [&] {
+    const scalar_t* p = partial.data_ptr<scalar_t>();
+    scalar_t* out = gsw.data_ptr<scalar_t>();
+    std::fill(out, out + s.D, scalar_t(0));
+    for (int64_t b = 0; b < s.B; ++b) {
+      for (int64_t d = 0; d < s.D; ++d) {
+        out[d] += p[b * s.D + d];
+      }
+    }
+  });
+  return {grad_query, grad_keys, grad_values, gsw.to(dtype)};
+}
+
+std::string capability() {
+  return table()->name;
+}
+
+// For tests: run a given kernel table ("default", "avx2", "avx512"), or "" for the best one.
+// Returns false when that table is not compiled in or the CPU lacks it.
+bool set_capability(const std::string& name) {
+  if (name.empty()) {
+    g_forced.store(nullptr);
+    return true;
+  }
+  const KernelTable* t = nullptr;
+  if (name == "default") {
+    t = kernels_default();
+  }
+#if defined(__x86_64__) && defined(__GNUC__)
+  else if (name == "avx2" && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+           __builtin_cpu_supports("f16c")) {
+    t = kernels_avx2();
+  } else if (name == "avx512" && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")) {
+    t = kernels_avx512();
+  }
+#endif
+  if (t == nullptr) {
+    return false;
+  }
+  g_forced.store(t);
+  return true;
+}
+
+}  // namespace
+}  // namespace sab
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "Compiled CPU kernels of the SAB sparse-attention op (see sab_kernels.kernels for the contract).";
+  m.def("forward", &sab::forward, "forward(query, keys, values, score_weight, k_top, lengths) -> "
+        "(summary, weights, indices, threshold)",
+        py::arg("query"), py::arg("keys"), py::arg("values"), py::arg("score_weight"), py::arg("k_top"),
+        py::arg("lengths"), py::call_guard<py::gil_scoped_release>());
+  m.def("backward", &sab::backward, "backward(grad_summary, grad_weights, query, keys, values, score_weight, "
+        "k_top, lengths, weights, indices, threshold) -> (grad_query, grad_keys, grad_values, grad_score_weight)",
+        py::arg("grad_summary"), py::arg("grad_weights"), py::arg("query"), py::arg("keys"), py::arg("values"),
+        py::arg("score_weight"), py::arg("k_top"), py::arg("lengths"), py::arg("weights"), py::arg("indices"),
+        py::arg("threshold"), py::call_guard<py::gil_scoped_release>());
+  m.def("capability", &sab::capability, "The kernel table in use: 'default', 'avx2' or 'avx512'.");
+  m.def("_set_capability", &sab::set_capability, py::arg("name"),
+        "Testing aid: force a kernel table ('default', 'avx2', 'avx512'; '' = best). False if unavailable.");
+}
