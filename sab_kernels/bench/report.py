@@ -1,0 +1,404 @@
+"""The report: environment header, Markdown tables, one CSV and PNG plots, all from the runner's rows."""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import os
+import platform
+import subprocess
+import sys
+from typing import Dict, List, Optional, Sequence
+
+import torch
+
+from .runner import COLUMNS, is_number
+
+SWEEP_FIELD = {"T": "T", "B": "B", "D": "D", "k_top": "k_top", "dtype": "dtype"}
+MODE_ORDER = ("forward", "backward", "fwd+bwd")
+
+
+# ------------------------------------------------------------------------------------------ environment
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _git_commit() -> str:
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    if commit.returncode != 0:
+        return "unknown"
+    return commit.stdout.strip() + (" (with uncommitted changes)" if dirty.stdout.strip() else "")
+
+
+def peak_bandwidth_bytes_per_s(device_index: int = 0) -> Optional[float]:
+    """Theoretical DRAM bandwidth of a CUDA device: 2 (double data rate) x bus width x memory clock."""
+    props = torch.cuda.get_device_properties(device_index)
+    bus_bits, clock_khz = getattr(props, "memory_bus_width", 0), getattr(props, "memory_clock_rate", 0)
+    if not bus_bits or not clock_khz:
+        return None
+    return 2 * bus_bits / 8 * clock_khz * 1e3
+
+
+def measured_copy_bandwidth(nbytes: int = 1 << 30) -> float:
+    """Bytes per second of a device-to-device copy (read + write), timed with do_bench: the practical ceiling."""
+    from triton.testing import do_bench
+
+    src = torch.empty(nbytes // 4, dtype=torch.float32, device="cuda")
+    dst = torch.empty_like(src)
+    ms = do_bench(lambda: dst.copy_(src), return_mode="median")
+    del src, dst
+    return 2 * nbytes / (ms * 1e-3)
+
+
+def environment(device: str, peak_bw: Optional[float] = None, copy_bw: Optional[float] = None) -> Dict[str, str]:
+    """What ran where: recorded in the Markdown, the CSV and the plots."""
+    from .. import __version__
+    from ..kernels import cpu_backend
+
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = "not installed"
+    env = {
+        "date (UTC)": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
+        "command": " ".join([os.path.basename(sys.executable), "-m", "sab_kernels.bench", *sys.argv[1:]]),
+        "sab_kernels": f"{__version__}, git {_git_commit()}",
+        "C++ CPU kernels": "built" if cpu_backend.AVAILABLE else "NOT built (backend='cpu' falls back to the reference)",
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "triton": triton_version,
+        "machine": f"{platform.system()} {platform.machine()}, {_cpu_model()}, {os.cpu_count()} logical cores",
+        "torch threads": str(torch.get_num_threads()),
+        "device": device,
+    }
+    if device == "cuda":
+        props = torch.cuda.get_device_properties(0)
+        env["GPU"] = f"{props.name}, {props.total_memory / 2**30:.0f} GiB, CUDA {torch.version.cuda}"
+        env["peak bandwidth"] = f"{peak_bw / 1e9:.0f} GB/s (2 x bus width x memory clock)" if peak_bw else "unknown"
+        if copy_bw:
+            env["measured copy bandwidth"] = f"{copy_bw / 1e9:.0f} GB/s (1 GiB device-to-device copy)"
+    return env
+
+
+def env_line(env: Dict[str, str]) -> str:
+    where = env.get("GPU") or env["machine"]
+    return f"{where} | torch {env['torch']} | triton {env['triton']} | sab_kernels {env['sab_kernels']} | {env['date (UTC)']} UTC"
+
+
+# ------------------------------------------------------------------------------------------------ tables
+
+def _fmt_ms(row) -> str:
+    if row.get("status") != "ok":
+        return row.get("status", "") or "-"
+    med, p25, p75 = row["median_ms"], row["p25_ms"], row["p75_ms"]
+    spread = f" ±{50 * (p75 - p25) / med:.0f}%" if med > 0 and is_number(p25) and is_number(p75) else ""
+    return f"{_num(med)}{spread}"
+
+
+def _num(x: float) -> str:
+    if x >= 100:
+        return f"{x:.0f}"
+    if x >= 10:
+        return f"{x:.1f}"
+    if x >= 1:
+        return f"{x:.2f}"
+    return f"{x:.3g}"
+
+
+def _table(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in body]
+    return "\n".join(lines)
+
+
+def _impl_order(rows) -> List[tuple]:
+    seen = {}
+    for r in rows:
+        seen.setdefault(r["impl"], r["impl_label"] or r["impl"])
+    return list(seen.items())
+
+
+def _x_values(rows, field):
+    xs = []
+    for r in rows:
+        if r[field] not in xs:
+            xs.append(r[field])
+    return xs
+
+
+def _ok(row) -> bool:
+    return row is not None and row.get("status") == "ok" and is_number(row.get("median_ms"))
+
+
+def _base_desc(rows, field) -> str:
+    r = rows[0]
+    parts = {"B": f"B={r['B']}", "T": f"T={r['T']}", "D": f"D=H={r['D']}" if r["D"] == r["H"] else f"D={r['D']} H={r['H']}",
+             "k_top": f"k_top={r['k_top']}", "dtype": str(r["dtype"])}
+    return ", ".join(v for k, v in parts.items() if k != field and not (field == "D" and k == "D"))
+
+
+def op_tables(rows: List[Dict]) -> List[str]:
+    """One time table per (sweep, mode) and one peak-memory table per sweep."""
+    out = []
+    op = [r for r in rows if r["section"] == "op"]
+    for sweep in [s for s in SWEEP_FIELD if any(r["sweep"] == s for r in op)]:
+        srows = [r for r in op if r["sweep"] == sweep]
+        field = SWEEP_FIELD[sweep]
+        impls = _impl_order(srows)
+        xs = _x_values(srows, field)
+        modes = [m for m in MODE_ORDER if any(r["mode"] == m for r in srows)]
+        get = {(r[field], r["mode"], r["impl"]): r for r in srows}
+        others = [(n, l) for n, l in impls if n != "fused"]
+        has_fused = any(n == "fused" for n, _ in impls)
+        for mode in modes:
+            has_bw = any(is_number(get.get((x, mode, "fused"), {}).get("bandwidth_frac")) for x in xs)
+            header = [field] + [l for _, l in impls]
+            if has_fused:
+                header += [f"fused vs {l}" for _, l in others]
+            if has_bw:
+                header.append("fused % of peak BW")
+            body = []
+            for x in xs:
+                line = [str(x)] + [_fmt_ms(get.get((x, mode, n), {})) for n, _ in impls]
+                f = get.get((x, mode, "fused"))
+                if has_fused:
+                    for n, _ in others:
+                        o = get.get((x, mode, n))
+                        line.append(f"{o['median_ms'] / f['median_ms']:.2f}x" if _ok(f) and _ok(o) else "-")
+                if has_bw:
+                    line.append(f"{100 * f['bandwidth_frac']:.0f}%" if f and is_number(f.get("bandwidth_frac")) else "-")
+                body.append(line)
+            title = f"### Time vs {field}, {mode} ({_base_desc(srows, field)}): median ms, ±half the IQR"
+            out.append(title + "\n\n" + _table(header, body))
+        # Peak memory, every mode in one table.
+        header = [field] + [f"{l} {m}" for m in modes for _, l in impls]
+        body = []
+        for x in xs:
+            line = [str(x)]
+            for m in modes:
+                for n, _ in impls:
+                    r = get.get((x, m, n), {})
+                    line.append(f"{r['peak_mem_mib']:.1f}" if r.get("status") == "ok" and is_number(r.get("peak_mem_mib")) else "-")
+            body.append(line)
+        if any(r.get("status") == "ok" and is_number(r.get("peak_mem_mib")) for r in srows):
+            out.append(f"### Peak memory vs {field} ({_base_desc(srows, field)}): MiB allocated above the inputs\n\n" + _table(header, body))
+    return out
+
+
+def overhead_table(rows: List[Dict]) -> Optional[str]:
+    ov = [r for r in rows if r["section"] == "overhead"]
+    if not ov:
+        return None
+    body = [[r["impl"], r["mode"], f"{r['median_ms'] * 1e3:.1f}" if _ok(r) else r["status"], r["note"]] for r in ov]
+    text = "### Per-call overhead at a tiny shape: wall-clock µs per call (median of back-to-back batches)\n\n"
+    text += _table(["what", "mode", "µs per call", "details"], body)
+    us = {(r["impl"], r["mode"]): r["median_ms"] * 1e3 for r in ov if _ok(r)}
+    lines = []
+    if ("op", "forward") in us and ("backend direct", "forward") in us:
+        d = us[("op", "forward")] - us[("backend direct", "forward")]
+        lines.append(f"- dispatch overhead of the op (op − backend called directly): {d:.1f} µs per call")
+    if ("op", "forward") in us and ("nn.LSTMCell", "forward") in us:
+        lines.append(f"- op forward / LSTMCell forward at B=1: {us[('op', 'forward')] / us[('nn.LSTMCell', 'forward')]:.2f}")
+    if ("op", "fwd+bwd") in us and ("nn.LSTMCell", "fwd+bwd") in us:
+        lines.append(f"- op fwd+bwd / LSTMCell fwd+bwd at B=1: {us[('op', 'fwd+bwd')] / us[('nn.LSTMCell', 'fwd+bwd')]:.2f}")
+    if ("SAB-LSTM step", "forward") in us and ("LSTM loop step (k_top=0)", "forward") in us:
+        s, l = us[("SAB-LSTM step", "forward")], us[("LSTM loop step (k_top=0)", "forward")]
+        lines.append(f"- SAB-LSTM step {s:.1f} µs = LSTM loop step {l:.1f} µs + memory (attend + write) {s - l:.1f} µs "
+                     f"({100 * (s - l) / s:.0f}% of the step)")
+    return text + ("\n\n" + "\n".join(lines) if lines else "")
+
+
+def lstm_table(rows: List[Dict]) -> Optional[str]:
+    lr = [r for r in rows if r["section"] == "lstm"]
+    if not lr:
+        return None
+    impls = _impl_order(lr)
+    xs = _x_values(lr, "T")
+    get = {(r["T"], r["impl"]): r for r in lr}
+    header = ["T"] + [f"{l} ms" for _, l in impls] + [f"{l} MiB" for _, l in impls]
+    body = []
+    for x in xs:
+        line = [str(x)] + [_fmt_ms(get.get((x, n), {})) for n, _ in impls]
+        line += [f"{get[(x, n)]['peak_mem_mib']:.1f}" if _ok(get.get((x, n))) and is_number(get[(x, n)].get("peak_mem_mib")) else "-"
+                 for n, _ in impls]
+        body.append(line)
+    r0 = lr[0]
+    return (f"### Training step (forward, loss at every step, backward, Adam): B={r0['B']} hidden={r0['H']}; "
+            f"median ms ±half the IQR, and peak MiB above the inputs\n\n" + _table(header, body))
+
+
+def verification_summary(rows: List[Dict]) -> str:
+    op = [r for r in rows if r["section"] == "op"]
+    failed = [r for r in op if r["status"] == "FAIL"]
+    checked = {(r["case"], r["impl"]) for r in op if r["status"] in ("ok", "FAIL")}
+    if not failed:
+        return (f"Verification: all {len(checked)} (case, implementation) pairs matched the eager reference "
+                "(indices exactly; outputs and all four input gradients within the test suite's tolerances) before timing.")
+    lines = [f"Verification: {len({(r['case'], r['impl']) for r in failed})} of {len(checked)} (case, implementation) pairs "
+             "FAILED and were not timed:"]
+    seen = set()
+    for r in failed:
+        if (r["case"], r["impl"]) not in seen:
+            seen.add((r["case"], r["impl"]))
+            lines.append(f"- {r['impl_label']} at {r['case']}: {r['note']}")
+    return "\n".join(lines)
+
+
+def markdown(rows: List[Dict], env: Dict[str, str], notes: Sequence[str] = ()) -> str:
+    parts = ["# sab-kernels benchmark", _table(["", ""], [[k, v] for k, v in env.items()])]
+    if notes:
+        parts.append("Notes:\n" + "\n".join(f"- {n}" for n in notes))
+    if any(r["section"] == "op" for r in rows):
+        parts.append("## The op: fused vs eager reference vs torch.compile(reference) vs dense topk")
+        parts.append(verification_summary(rows))
+        parts += op_tables(rows)
+    ov = overhead_table(rows)
+    if ov:
+        parts += ["## Dispatch overhead (SAB calls the op once per time step)", ov]
+    lt = lstm_table(rows)
+    if lt:
+        parts += ["## SAB-LSTM vs LSTM with full BPTT", lt]
+    return "\n\n".join(parts) + "\n"
+
+
+def write_csv(path: str, rows: List[Dict], env: Dict[str, str]) -> None:
+    """One row per measurement; the environment first as '# key: value' lines (pandas: comment='#')."""
+    with open(path, "w", newline="") as f:
+        for k, v in env.items():
+            f.write(f"# {k}: {v}\n")
+        w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+
+
+# ------------------------------------------------------------------------------------------------- plots
+
+def plots(out_dir: str, rows: List[Dict], env: Dict[str, str]) -> List[str]:
+    """time_vs_T.png, speedup_vs_T.png, memory_vs_T.png (op, T sweep) and lstm.png; returns the paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    written = []
+    footer = env_line(env)
+    op = [r for r in rows if r["section"] == "op" and r["sweep"] == "T"]
+    modes = [m for m in MODE_ORDER if any(r["mode"] == m for r in op)]
+    impls = _impl_order(op)
+    desc = _base_desc(op, "T") if op else ""
+
+    def save(fig, name, title):
+        fig.suptitle(title)
+        fig.text(0.01, 0.005, footer, fontsize=7, color="gray")
+        fig.tight_layout(rect=(0, 0.03, 1, 0.95))
+        path = os.path.join(out_dir, name)
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        written.append(path)
+
+    def t_ticks(ax, rs):
+        ts = sorted({r["T"] for r in rs if is_number(r.get("T"))})
+        if ts:
+            ax.set_xticks(ts, [str(t) for t in ts])
+            ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+
+    def series(rs, mode, impl, key):
+        pts = sorted((r["T"], r) for r in rs if r["mode"] == mode and r["impl"] == impl and _ok(r) and is_number(r.get(key)))
+        return [p[0] for p in pts], [p[1] for p in pts]
+
+    if op and modes:
+        fig, axes = plt.subplots(1, len(modes), figsize=(5 * len(modes), 4), squeeze=False)
+        for ax, mode in zip(axes[0], modes):
+            for n, l in impls:
+                xs, rs = series(op, mode, n, "median_ms")
+                if xs:
+                    ax.loglog(xs, [r["median_ms"] for r in rs], marker="o", label=l)
+                    ax.fill_between(xs, [r["p25_ms"] for r in rs], [r["p75_ms"] for r in rs], alpha=0.2)
+            ax.set(title=mode, xlabel="T (memory slots)", ylabel="time (ms)")
+            t_ticks(ax, op)
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=8)
+        save(fig, "time_vs_T.png", f"sparse_attention: time vs T ({desc})")
+
+        if any(n == "fused" for n, _ in impls):
+            fig, axes = plt.subplots(1, len(modes), figsize=(5 * len(modes), 4), squeeze=False)
+            for ax, mode in zip(axes[0], modes):
+                fx, fr = series(op, mode, "fused", "median_ms")
+                fused = dict(zip(fx, fr))
+                for n, l in impls:
+                    if n == "fused":
+                        continue
+                    xs, rs = series(op, mode, n, "median_ms")
+                    pts = [(x, r["median_ms"] / fused[x]["median_ms"]) for x, r in zip(xs, rs) if x in fused]
+                    if pts:
+                        ax.semilogx([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"vs {l}")
+                ax.axhline(1.0, color="gray", lw=1, ls="--")
+                ax.set(title=mode, xlabel="T (memory slots)", ylabel="speed-up of fused (x)")
+                t_ticks(ax, op)
+                ax.grid(True, which="both", alpha=0.3)
+                ax.legend(fontsize=8)
+            save(fig, "speedup_vs_T.png", f"sparse_attention: speed-up of the fused op ({desc})")
+
+        if any(is_number(r.get("peak_mem_mib")) for r in op):
+            fig, axes = plt.subplots(1, len(modes), figsize=(5 * len(modes), 4), squeeze=False)
+            for ax, mode in zip(axes[0], modes):
+                for n, l in impls:
+                    xs, rs = series(op, mode, n, "peak_mem_mib")
+                    pts = [(x, r["peak_mem_mib"]) for x, r in zip(xs, rs) if r["peak_mem_mib"] > 0]
+                    if pts:
+                        ax.loglog([p[0] for p in pts], [p[1] for p in pts], marker="o", label=l)
+                ax.set(title=mode, xlabel="T (memory slots)", ylabel="peak MiB above inputs")
+                t_ticks(ax, op)
+                ax.grid(True, which="both", alpha=0.3)
+                ax.legend(fontsize=8)
+            save(fig, "memory_vs_T.png", f"sparse_attention: peak memory vs T ({desc})")
+
+    lr = [r for r in rows if r["section"] == "lstm"]
+    if lr:
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4), squeeze=False)
+        for n, l in _impl_order(lr):
+            xs, rs = series(lr, "train step", n, "median_ms")
+            if xs:
+                axes[0][0].loglog(xs, [r["median_ms"] for r in rs], marker="o", label=l)
+            xs, rs = series(lr, "train step", n, "peak_mem_mib")
+            if xs:
+                axes[0][1].loglog(xs, [max(r["peak_mem_mib"], 1e-3) for r in rs], marker="o", label=l)
+        axes[0][0].set(title="training step time", xlabel="T (sequence length)", ylabel="ms per step")
+        axes[0][1].set(title="peak memory", xlabel="T (sequence length)", ylabel="MiB above inputs")
+        for ax in axes[0]:
+            t_ticks(ax, lr)
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=8)
+        r0 = lr[0]
+        save(fig, "lstm_vs_T.png", f"SAB-LSTM vs LSTM with full BPTT (B={r0['B']}, hidden={r0['H']})")
+    return written
+
+
+def write_all(out_dir: str, rows: List[Dict], env: Dict[str, str], notes: Sequence[str] = (), with_plots: bool = True):
+    """results.md, results.csv and the PNGs in `out_dir`; returns (markdown text, written paths)."""
+    os.makedirs(out_dir, exist_ok=True)
+    text = markdown(rows, env, notes)
+    paths = [os.path.join(out_dir, "results.md"), os.path.join(out_dir, "results.csv")]
+    with open(paths[0], "w") as f:
+        f.write(text)
+    write_csv(paths[1], rows, env)
+    if with_plots:
+        paths += plots(out_dir, rows, env)
+    return text, paths
