@@ -40,7 +40,7 @@ def _pow2(n: int) -> int:
 def forward_plan(B: int, T: int, D: int, k_top: int, interpreted: bool, device=None, block_t=None, chunk=None):
     """(BLOCK_T, BLOCK_D, CHUNK, NUM_CHUNKS) for the forward. CHUNK is a multiple of BLOCK_T.
 
-    GPU: tiles of about 8K elements, and the T axis split so that about 4 programs per SM run
+    GPU: tiles of about 4K elements (two in flight per program, ~80 registers at D = 128), and the T axis split so that about 4 programs per SM run
     (B rows alone cannot fill the GPU at large T), each chunk long enough to amortise filling its top-k set.
     Interpreter: tiles up to 64K elements and one chunk, unless `block_t` / `chunk` say otherwise (tests).
     """
@@ -51,7 +51,7 @@ def forward_plan(B: int, T: int, D: int, k_top: int, interpreted: bool, device=N
         default_t = max(16, min(4096, 65536 // block_d))
     else:
         block_d = min(_pow2(D), 128)
-        default_t = max(16, min(128, 8192 // block_d))
+        default_t = max(16, min(128, 4096 // block_d))
     if block_t is None:
         block_t = min(default_t, max(16, _pow2(T)))
     tiles = triton.cdiv(T, block_t)
@@ -147,7 +147,7 @@ def backward(grad_summary, grad_weights, query, keys, values, score_weight, k_to
     grad_keys = torch.zeros((B, T, D), dtype=dtype, device=dev)
     grad_values = torch.zeros((B, T, H), dtype=dtype, device=dev)
     grad_w_rows = torch.empty((B, D), dtype=acc_dtype, device=dev)
-    warps = {} if interpreted else {"num_warps": 4}
+    warps = {} if interpreted else {"num_warps": 8 if k_pad * max(block_d, block_h) >= 8192 else 4}
     with _device_guard(dev):
         _bwd_kernel[(B,)](
             grad_summary, grad_weights, query, keys, values, score_weight, indices, threshold,

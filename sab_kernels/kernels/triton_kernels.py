@@ -73,60 +73,120 @@ def _key_score(key, FP64: tl.constexpr):
 
 
 @triton.jit
+def _pack(key, idx):
+    """One int64 per (int32 key, int32 index): key order, then the lower index first. Sentinels pack below."""
+    return (key.to(tl.int64) << 32) | (2147483647 - idx.to(tl.int64))
+
+
+@triton.jit
+def _unpack(p):
+    return (p >> 32).to(tl.int32), (2147483647 - (p & 0xFFFFFFFF)).to(tl.int32)
+
+
+@triton.jit
 def _sorted_top(key, idx, K1: tl.constexpr, K_PAD: tl.constexpr, FP64: tl.constexpr):
     """The best K1 (key, idx) of a candidate vector, ordered (key descending, idx ascending), in a K_PAD
     vector; positions >= K1, and positions left when fewer candidates exist, hold KEY_MIN."""
     KEY_MIN, KEY_MAX = _key_bounds(FP64)
     pos = tl.arange(0, K_PAD)
-    out_key = tl.zeros([K_PAD], key.dtype) + KEY_MIN
-    out_idx = tl.full([K_PAD], -1, tl.int32)
-    for r in range(K1):
-        m = tl.max(key, 0)
-        i = tl.min(tl.where(key == m, idx, 2147483647), 0)
-        out_key = tl.where(pos == r, m, out_key)
-        out_idx = tl.where(pos == r, i, out_idx)
-        key = tl.where((key == m) & (idx == i), KEY_MIN, key)
+    if FP64:  # 64-bit keys: (max key, then min index among equal keys) per round
+        out_key = tl.zeros([K_PAD], key.dtype) + KEY_MIN
+        out_idx = tl.full([K_PAD], -1, tl.int32)
+        for r in range(K1):
+            m = tl.max(key, 0)
+            i = tl.min(tl.where(key == m, idx, 2147483647), 0)
+            out_key = tl.where(pos == r, m, out_key)
+            out_idx = tl.where(pos == r, i, out_idx)
+            key = tl.where((key == m) & (idx == i), KEY_MIN, key)
+    else:  # 32-bit keys packed with the index: one reduction per round
+        p = _pack(key, idx)
+        out = tl.full([K_PAD], -9223372036854775807 - 1, tl.int64)
+        for r in range(K1):
+            m = tl.max(p, 0)
+            out = tl.where(pos == r, m, out)
+            p = tl.where(p == m, -9223372036854775807 - 1, p)
+        out_key, out_idx = _unpack(out)
+        out_key = tl.where(pos < K1, out_key, KEY_MIN)
     return out_key, out_idx
+
+
+@triton.jit
+def _tile_scores(k_tile, q, w, ACC: tl.constexpr):
+    """(BLOCK_T,) partial scores sum_d w_d tanh(q_d + k_td) of one (BLOCK_T, BLOCK_D) key tile."""
+    return tl.sum(_tanh(q[None, :] + k_tile.to(ACC)) * w[None, :], 1)
+
+
+@triton.jit
+def _load_tile(k_row, t0, end, d0, D: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Keys of slots [t0, t0 + BLOCK_T) and dims [d0, d0 + BLOCK_D) of a row, zero outside [.., end) x D."""
+    offs_t = tl.arange(0, BLOCK_T)
+    offs_d = d0 + tl.arange(0, BLOCK_D)
+    mask = ((t0 + offs_t) < end)[:, None] & (offs_d < D)[None, :]
+    return tl.load(k_row + tl.cast(t0, tl.int64) * D + offs_t[:, None] * D + offs_d[None, :], mask=mask, other=0.0)
 
 
 @triton.jit
 def _scan_chunk(q_row, k_row, w_ptr, start, end, D: tl.constexpr, ACC: tl.constexpr, FP64: tl.constexpr,
                 K1: tl.constexpr, K_PAD: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
     """Scores of slots [start, end) of one row, tile by tile; returns the best K1 as an unordered set
-    (run_key, run_idx) of K_PAD entries, KEY_MIN where empty. k_row points at slot 0 of the row."""
+    (run_key, run_idx) of K_PAD entries, KEY_MIN where empty. k_row points at slot 0 of the row.
+
+    The set's weakest entry is the threshold `thr`; while the tile's best beats it, the best replaces it.
+    32-bit keys are packed with their slot (one reduction per step); 64-bit keys carry the slot apart.
+    The next tile's first D block is loaded before the current tile is scored (two tiles in flight).
+    """
     KEY_MIN, KEY_MAX = _key_bounds(FP64)
+    P_MIN: tl.constexpr = -9223372036854775807 - 1
     pos = tl.arange(0, K_PAD)
-    # Slots >= K1 of the set hold KEY_MAX so that they are never the weakest entry.
-    run_key = tl.where(pos < K1, KEY_MIN, KEY_MAX)
-    run_idx = -1 - pos  # distinct, so that exactly one entry is the weakest
-    thr = tl.min(run_key, 0)  # the weakest kept key
     offs_t = tl.arange(0, BLOCK_T)
     offs_d = tl.arange(0, BLOCK_D)
+    # Empty entries rank below every slot, entries >= K1 above every slot (never the weakest); all distinct.
+    if FP64:
+        run_key = tl.where(pos < K1, KEY_MIN, KEY_MAX)
+        run_idx = -1 - pos
+    else:
+        pos64 = pos.to(tl.int64)
+        run_key = tl.where(pos < K1, P_MIN + pos64, 9223372036854775807 - pos64)
+        run_idx = pos  # unused
+    thr = tl.min(run_key, 0)
+    q0 = tl.load(q_row + offs_d, mask=offs_d < D, other=0.0).to(ACC)
+    w0 = tl.load(w_ptr + offs_d, mask=offs_d < D, other=0.0).to(ACC)
+    nxt = _load_tile(k_row, start, end, 0, D, BLOCK_T, BLOCK_D)
     for it in range(0, tl.cdiv(end - start, BLOCK_T)):
         t0 = start + it * BLOCK_T
-        slot = t0 + offs_t
-        tmask = slot < end
-        tile_ptr = k_row + tl.cast(t0, tl.int64) * D
-        s = tl.zeros([BLOCK_T], ACC)
-        for d0 in tl.static_range(0, D, BLOCK_D):
+        cur = nxt
+        nxt = _load_tile(k_row, t0 + BLOCK_T, end, 0, D, BLOCK_T, BLOCK_D)
+        s = _tile_scores(cur, q0, w0, ACC)
+        for d0 in tl.static_range(BLOCK_D, D, BLOCK_D):  # only when D > BLOCK_D
             dmask = (d0 + offs_d) < D
             q = tl.load(q_row + d0 + offs_d, mask=dmask, other=0.0).to(ACC)
             w = tl.load(w_ptr + d0 + offs_d, mask=dmask, other=0.0).to(ACC)
-            kt = tl.load(tile_ptr + offs_t[:, None] * D + (d0 + offs_d)[None, :],
-                         mask=tmask[:, None] & dmask[None, :], other=0.0).to(ACC)
-            s += tl.sum(_tanh(q[None, :] + kt) * w[None, :], 1)
-        key = tl.where(tmask, _score_key(s, FP64), KEY_MIN)
-        mk = tl.max(key, 0)
-        while mk > thr:
-            i = tl.min(tl.where(key == mk, slot, 2147483647), 0)
-            # Replace the weakest entry: lowest key, and among equal keys the highest index.
-            wi = tl.max(tl.where(run_key == thr, run_idx, -2147483648), 0)
-            weakest = (run_key == thr) & (run_idx == wi)
-            run_key = tl.where(weakest, mk, run_key)
-            run_idx = tl.where(weakest, i, run_idx)
-            key = tl.where(slot == i, KEY_MIN, key)
-            thr = tl.min(run_key, 0)
+            s += _tile_scores(_load_tile(k_row, t0, end, d0, D, BLOCK_T, BLOCK_D), q, w, ACC)
+        slot = t0 + offs_t
+        tmask = slot < end
+        if FP64:
+            key = tl.where(tmask, _score_key(s, FP64), KEY_MIN)
             mk = tl.max(key, 0)
+            while mk > thr:  # tiles come in slot order: a key equal to thr ranks below it
+                i = tl.min(tl.where(key == mk, slot, 2147483647), 0)
+                # Replace the weakest entry: lowest key, and among equal keys the highest index.
+                wi = tl.max(tl.where(run_key == thr, run_idx, -2147483648), 0)
+                weakest = (run_key == thr) & (run_idx == wi)
+                run_key = tl.where(weakest, mk, run_key)
+                run_idx = tl.where(weakest, i, run_idx)
+                key = tl.where(slot == i, KEY_MIN, key)
+                thr = tl.min(run_key, 0)
+                mk = tl.max(key, 0)
+        else:
+            p = tl.where(tmask, _pack(_score_key(s, FP64), slot), P_MIN)
+            mp = tl.max(p, 0)
+            while mp > thr:
+                run_key = tl.where(run_key == thr, mp, run_key)
+                p = tl.where(p == mp, P_MIN, p)
+                thr = tl.min(run_key, 0)
+                mp = tl.max(p, 0)
+    if not FP64:
+        run_key, run_idx = _unpack(run_key)
     run_key = tl.where(pos < K1, run_key, KEY_MIN)
     return run_key, run_idx
 
