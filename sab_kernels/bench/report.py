@@ -43,6 +43,16 @@ def _git_commit() -> str:
     return commit.stdout.strip() + (" (with uncommitted changes)" if dirty.stdout.strip() else "")
 
 
+def _load() -> str:
+    """1-minute load average: timings taken while other work shares the cores are not worth much."""
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        return "unknown"
+    busy = load > 0.25 * (os.cpu_count() or 1)
+    return f"{load:.2f}" + (" (BUSY machine: other processes share the cores, timings are noisy)" if busy else "")
+
+
 def peak_bandwidth_bytes_per_s(device_index: int = 0) -> Optional[float]:
     """Theoretical DRAM bandwidth of a CUDA device: 2 (double data rate) x bus width x memory clock."""
     props = torch.cuda.get_device_properties(device_index)
@@ -84,6 +94,7 @@ def environment(device: str, peak_bw: Optional[float] = None, copy_bw: Optional[
         "triton": triton_version,
         "machine": f"{platform.system()} {platform.machine()}, {_cpu_model()}, {os.cpu_count()} logical cores",
         "torch threads": str(torch.get_num_threads()),
+        "load average at start": _load(),
         "device": device,
     }
     if device == "cuda":
