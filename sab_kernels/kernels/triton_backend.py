@@ -18,6 +18,7 @@ from . import triton_interpreter_enabled
 from .triton_kernels import _bwd_kernel, _fwd_chunk_kernel, _fwd_merge_kernel
 
 _MAX_CANDIDATES = 4096  # C_PAD * K_PAD of the merge stage
+_MIN_TILES_TO_SPLIT = 16  # GPU rows shorter than this many tiles are not split into chunks
 
 
 def _acc(dtype: torch.dtype):
@@ -40,8 +41,9 @@ def _pow2(n: int) -> int:
 def forward_plan(B: int, T: int, D: int, k_top: int, interpreted: bool, device=None, block_t=None, chunk=None):
     """(BLOCK_T, BLOCK_D, CHUNK, NUM_CHUNKS) for the forward. CHUNK is a multiple of BLOCK_T.
 
-    GPU: tiles of about 4K elements (two in flight per program, ~80 registers at D = 128), and the T axis split so that about 4 programs per SM run
-    (B rows alone cannot fill the GPU at large T), each chunk long enough to amortise filling its top-k set.
+    GPU: tiles of about 4K elements (two in flight per program, ~80 registers at D = 128). Rows of 16
+    tiles or more are split into chunks so that about 4 programs per SM run (B rows alone cannot fill the GPU
+    at large T), each chunk at least 4 tiles and 4 (k_top + 1) slots to amortise filling its top-k set.
     Interpreter: tiles up to 64K elements and one chunk, unless `block_t` / `chunk` say otherwise (tests).
     """
     k1 = k_top + 1
@@ -56,12 +58,12 @@ def forward_plan(B: int, T: int, D: int, k_top: int, interpreted: bool, device=N
         block_t = min(default_t, max(16, _pow2(T)))
     tiles = triton.cdiv(T, block_t)
     if chunk is None:
-        if interpreted:
-            chunks = 1
+        if interpreted or tiles < _MIN_TILES_TO_SPLIT:
+            chunks = 1  # small rows: one fused launch, latency matters more than parallelism
         else:
             index = device.index if device is not None and device.index is not None else torch.cuda.current_device()
             target = 4 * _num_sms(index)
-            min_tiles = max(2, triton.cdiv(4 * k1, block_t))
+            min_tiles = max(4, triton.cdiv(4 * k1, block_t))
             chunks = max(1, min(triton.cdiv(target, B), triton.cdiv(tiles, min_tiles)))
         chunk_tiles = triton.cdiv(tiles, chunks)
     else:

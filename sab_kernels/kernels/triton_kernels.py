@@ -9,13 +9,18 @@ Forward, in one or two launches:
 
 Ranking. A score becomes a sortable integer key of its own width (int32 for float32 compute, int64 for
 float64): the float bits with the magnitude bits flipped when negative, so integer order is float order;
-every NaN maps to one key above +inf (torch.sort puts NaN first) and -0.0 to the key of +0.0. Ties break to
-the lower slot index by hand (min index among equal keys). Invalid slots get KEY_MIN and are never kept.
-The running top-K1 of a chunk is an unordered register set with its weakest key as a threshold: a tile
-costs one max-reduction unless it holds a key above the threshold, and each such key replaces the weakest
-entry (few replacements on typical data, at most K1 per tile). Tiles arrive in slot order, so a tile key equal
-to the threshold ranks below it (higher index) and is not taken. The final order comes from K1 rounds of
-(max key, min index) extraction. Both work in the interpreter and on GPU with plain reductions.
+every NaN maps to one key above +inf (torch.sort puts NaN first) and -0.0 to the key of +0.0. Invalid slots
+(i >= lengths[b], tile padding) get a sentinel below every key and are never kept. 32-bit keys are packed
+with the slot into one int64 (key high, 2^31-1-slot low), so one max-reduction finds the best score and,
+among ties, the lower slot; 64-bit keys carry the slot beside them (max key, then min slot: two reductions).
+The running top-K1 of a chunk is an unordered register set whose weakest entry is the threshold: a tile
+costs one max-reduction unless its best beats the threshold, and then the best replaces the weakest entry,
+repeatedly (about K1 * ln(chunk / K1) replacements per chunk on typical data, at most K1 per tile). The
+final order comes from K1 rounds of extraction. No sort, no atomics: plain reductions that behave the same
+in the interpreter and on GPU (the interpreter has no fast tl.topk; TOOLCHAIN.md).
+
+Streaming. The next tile's keys are loaded before the current tile is scored (two tiles in flight per
+program; Triton does not software-pipeline this loop). D wider than BLOCK_D loops over D blocks.
 
 Backward (`_bwd_kernel`, grid B): recomputes the k selected + threshold rows' scores only, the weights and
 the Jacobian exactly as `reference_backward`, writes grad rows of keys/values at those slots, grad_query,
