@@ -122,6 +122,8 @@ def _fmt_ms(row) -> str:
 
 
 def _num(x: float) -> str:
+    if x == 0:
+        return "0"
     if x >= 100:
         return f"{x:.0f}"
     if x >= 10:
@@ -150,6 +152,10 @@ def _x_values(rows, field):
         if r[field] not in xs:
             xs.append(r[field])
     return xs
+
+
+def _mem(row) -> Optional[float]:
+    return row["peak_mem_mib"] if _ok(row) and is_number(row.get("peak_mem_mib")) else None
 
 
 def _ok(row) -> bool:
@@ -196,19 +202,79 @@ def op_tables(rows: List[Dict]) -> List[str]:
                 body.append(line)
             title = f"### Time vs {field}, {mode} ({_base_desc(srows, field)}): median ms, ±half the IQR"
             out.append(title + "\n\n" + _table(header, body))
-        # Peak memory, every mode in one table.
-        header = [field] + [f"{l} {m}" for m in modes for _, l in impls]
+        # Peak memory, every mode in one table, and fused / eager for fwd+bwd.
+        ratio = has_fused and any(n == "eager" for n, _ in impls) and "fwd+bwd" in modes
+        header = [field] + [f"{l} {m}" for m in modes for _, l in impls] + (["fused / eager, fwd+bwd"] if ratio else [])
         body = []
         for x in xs:
             line = [str(x)]
             for m in modes:
                 for n, _ in impls:
-                    r = get.get((x, m, n), {})
-                    line.append(f"{r['peak_mem_mib']:.1f}" if r.get("status") == "ok" and is_number(r.get("peak_mem_mib")) else "-")
+                    mem = _mem(get.get((x, m, n)))
+                    line.append(_num(mem) if mem is not None else "-")
+            if ratio:
+                f, e = _mem(get.get((x, "fwd+bwd", "fused"))), _mem(get.get((x, "fwd+bwd", "eager")))
+                line.append(f"{f / e:.2f}" if f is not None and e else "-")
             body.append(line)
         if any(r.get("status") == "ok" and is_number(r.get("peak_mem_mib")) for r in srows):
             out.append(f"### Peak memory vs {field} ({_base_desc(srows, field)}): MiB allocated above the inputs\n\n" + _table(header, body))
     return out
+
+
+# The issue's targets: (what, device, mode, minimum T, compare with, threshold, kind).
+TARGETS = [
+    ("fused fwd+bwd >= 3x eager reference", "cpu", "fwd+bwd", 1024, "eager", 3.0, "speedup"),
+    ("fused fwd+bwd >= 1.5x compiled reference", "cpu", "fwd+bwd", 1024, "compiled", 1.5, "speedup"),
+    ("fused fwd+bwd peak memory well below eager reference's (checked as <= 1/2)", "cpu", "fwd+bwd", 64, "eager", 0.5, "memory"),
+    ("fused fwd+bwd >= 5x eager reference", "cuda", "fwd+bwd", 4096, "eager", 5.0, "speedup"),
+    ("fused fwd+bwd >= 2x compiled reference", "cuda", "fwd+bwd", 4096, "compiled", 2.0, "speedup"),
+    ("fused forward >= 60% of bandwidth roofline", "cuda", "forward", 64, None, 0.6, "bandwidth"),
+    ("fused fwd+bwd peak memory <= 1/2 eager reference's", "cuda", "fwd+bwd", 64, "eager", 0.5, "memory"),
+]
+TARGET_BASE = {"cpu": dict(B=32, D=128, H=128, k_top=8, dtype="float32"),
+               "cuda": dict(B=32, D=128, H=128, k_top=8, dtype="bfloat16")}
+
+
+def targets_table(rows: List[Dict], device: str) -> Optional[str]:
+    """The issue's targets, checked on the T sweep at the target sizes: value per T, and met or not."""
+    base = TARGET_BASE[device]
+    op = [r for r in rows if r["section"] == "op" and r["sweep"] == "T" and all(r[k] == v for k, v in base.items())]
+    if not op or not any(r["impl"] == "fused" for r in op):
+        return None
+    get = {(r["T"], r["mode"], r["impl"]): r for r in op}
+    Ts = sorted({r["T"] for r in op})
+    body = []
+    for what, dev, mode, t_min, other, threshold, kind in TARGETS:
+        if dev != device:
+            continue
+        cells, verdicts = [], []
+        for T in Ts:
+            f, o = get.get((T, mode, "fused")), get.get((T, mode, other)) if other else None
+            value = None
+            if kind == "speedup" and _ok(f) and _ok(o):
+                value, text = o["median_ms"] / f["median_ms"], f"{o['median_ms'] / f['median_ms']:.2f}x"
+            elif kind == "memory" and _mem(f) is not None and _mem(o):
+                value, text = _mem(f) / _mem(o), f"{_mem(f) / _mem(o):.2f}"
+            elif kind == "bandwidth" and _ok(f) and is_number(f.get("bandwidth_frac")):
+                value, text = f["bandwidth_frac"], f"{100 * f['bandwidth_frac']:.0f}%"
+            else:
+                text = "-"
+            if value is not None and T >= t_min:
+                verdicts.append(value <= threshold if kind == "memory" else value >= threshold)
+            cells.append(text if T >= t_min or text == "-" else f"({text})")
+        verdict = "no data" if not verdicts else ("met" if all(verdicts) else f"NOT met ({verdicts.count(False)} of {len(verdicts)})")
+        body.append([what + (f", T >= {t_min}" if t_min > 64 else "")] + cells + [verdict])
+        if kind == "memory":  # what no implementation returning dense gradients can go below
+            floor_cells = []
+            for T in Ts:
+                e, r = _mem(get.get((T, mode, other))), get.get((T, mode, "fused"))
+                elt = torch.empty((), dtype=getattr(torch, r["dtype"])).element_size() if r else 0
+                floor = r["B"] * T * (r["D"] + r["H"]) * elt / 2**20 if r else None
+                floor_cells.append(f"{floor / e:.2f}" if floor and e else "-")
+            body.append(["  (floor: the dense key and value gradients the op returns, / eager's peak)"] + floor_cells + [""])
+    desc = ", ".join(f"{k}={v}" for k, v in base.items() if k != "dtype") + f", {base['dtype']}"
+    return (f"### Targets of issue 5 ({desc}; values in parentheses are below the target's T range)\n\n"
+            + _table(["target"] + [f"T={T}" for T in Ts] + ["verdict"], body))
 
 
 def overhead_table(rows: List[Dict]) -> Optional[str]:
@@ -231,6 +297,11 @@ def overhead_table(rows: List[Dict]) -> Optional[str]:
         s, l = us[("SAB-LSTM step", "forward")], us[("LSTM loop step (k_top=0)", "forward")]
         lines.append(f"- SAB-LSTM step {s:.1f} µs = LSTM loop step {l:.1f} µs + memory (attend + write) {s - l:.1f} µs "
                      f"({100 * (s - l) / s:.0f}% of the step)")
+        if ("op", "forward") in us:
+            o = us[("op", "forward")]
+            lines.append(f"- of the memory's {s - l:.1f} µs, the op call itself is at most {o:.1f} µs (measured with the memory "
+                         f"full); the other {s - l - o:.1f} µs are the module's own work around it (projections, "
+                         "the slot write, Python bookkeeping)")
     return text + ("\n\n" + "\n".join(lines) if lines else "")
 
 
@@ -245,8 +316,7 @@ def lstm_table(rows: List[Dict]) -> Optional[str]:
     body = []
     for x in xs:
         line = [str(x)] + [_fmt_ms(get.get((x, n), {})) for n, _ in impls]
-        line += [f"{get[(x, n)]['peak_mem_mib']:.1f}" if _ok(get.get((x, n))) and is_number(get[(x, n)].get("peak_mem_mib")) else "-"
-                 for n, _ in impls]
+        line += [_num(_mem(get.get((x, n)))) if _mem(get.get((x, n))) is not None else "-" for n, _ in impls]
         body.append(line)
     r0 = lr[0]
     return (f"### Training step (forward, loss at every step, backward, Adam): B={r0['B']} hidden={r0['H']}; "
@@ -277,6 +347,9 @@ def markdown(rows: List[Dict], env: Dict[str, str], notes: Sequence[str] = ()) -
     if any(r["section"] == "op" for r in rows):
         parts.append("## The op: fused vs eager reference vs torch.compile(reference) vs dense topk")
         parts.append(verification_summary(rows))
+        tt = targets_table(rows, env.get("device", "cpu"))
+        if tt:
+            parts.append(tt)
         parts += op_tables(rows)
     ov = overhead_table(rows)
     if ov:

@@ -89,7 +89,7 @@ def run_op(
     skips = SkipTracker(limit_s)
     tick = progress or (lambda _desc: None)
     for case in cases:
-        inputs = expected = None
+        inputs = expected = failure = None
         verdicts: Dict[str, Verdict] = {}
         for impl in impls:
             for mode in case.modes:
@@ -104,9 +104,15 @@ def run_op(
                 if reason:
                     rows.append(_row(**common, status="skipped", note=reason))
                     continue
-                if inputs is None:
-                    inputs = case.make_inputs(device)
-                    expected = reference_result(inputs, case.k_top)
+                if inputs is None and failure is None:
+                    try:
+                        inputs = case.make_inputs(device)
+                        expected = reference_result(inputs, case.k_top)
+                    except (RuntimeError, MemoryError) as exc:  # out of memory for the reference itself
+                        inputs, failure = None, f"reference failed: {type(exc).__name__}: {str(exc).splitlines()[0]}"
+                if failure is not None:
+                    rows.append(_row(**common, status="error", note=failure))
+                    continue
                 if impl.name not in verdicts:
                     verdicts[impl.name] = verify(impl.fn, inputs, case.k_top, expected)
                 verdict = verdicts[impl.name]
@@ -115,7 +121,8 @@ def run_op(
                 else:
                     row = _measure(case, impl, mode, inputs, device, cfg, peak_bandwidth, measure_memory)
                     row.update(common, verify_max_error=f"{verdict.max_error:.3g}")
-                    skips.record(case, impl, mode, row["median_ms"])
+                    if row["status"] == "ok":
+                        skips.record(case, impl, mode, row["median_ms"])
                 done[key] = row
                 rows.append(row)
         del inputs, expected

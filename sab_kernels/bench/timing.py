@@ -4,8 +4,9 @@ Time (median, 25th and 75th percentiles, in ms):
   CUDA: `triton.testing.do_bench` (it warms up, clears L2 before every run and times with CUDA events).
         When a run needs untimed preparation (the backward mode needs a fresh forward each time), the same
         recipe is written out: clear L2, prepare, then time only the measured call with CUDA events.
-  CPU:  a `time.perf_counter` loop: warm-up calls, then repeated calls until both a minimum count and a
-        time budget are reached; the garbage collector is off while timing. Untimed preparation runs
+  CPU:  a `time.perf_counter` loop: warm-up calls, then repeated calls until both a minimum count (3 when
+        one call takes longer than the whole budget) and a time budget are reached; the garbage collector
+        is off while timing. Untimed preparation runs
         before each timed call. Gradients are reset to None before every run on both devices.
 
 Peak memory (bytes allocated above what was live when the run started, so inputs are not counted):
@@ -75,14 +76,16 @@ def time_cpu(fn: Callable, setup: Optional[Callable[[], Any]] = None, grads_of=(
         fn(arg) if setup is not None else fn()
         return time.perf_counter() - t0
 
-    for _ in range(cfg.warmup):
-        once()
+    warm = [once() for _ in range(cfg.warmup)]
+    min_reps = cfg.min_reps
+    if warm and min(warm) > cfg.budget_s:  # seconds per call: fewer runs, the spread says how stable they are
+        min_reps = min(min_reps, 3)
     times = []
     gc.collect()
     gc.disable()
     try:
         total = 0.0
-        while len(times) < cfg.max_reps and (len(times) < cfg.min_reps or total < cfg.budget_s):
+        while len(times) < cfg.max_reps and (len(times) < min_reps or total < cfg.budget_s):
             dt = once()
             times.append(dt * 1e3)
             total += dt
