@@ -150,6 +150,23 @@ def test_nan_score_makes_its_row_nan(plan, dtype):
         torch.testing.assert_close(a, b, equal_nan=True, atol=1e-4, rtol=1e-4, msg=f"grad_{name}")
 
 
+def test_nan_in_slot_0_of_an_empty_row_matches_reference_backward():
+    """Unused entries read slot 0 (the reference's clamp); a NaN there reaches the gradient in both."""
+    case = Case(3, 12, 5, 4, 3)
+    q, k, v, w, _ = make_inputs(case, torch.float64, DEVICES[0])
+    k[0, 0, 1] = float("nan")  # row 0 is empty: slot 0 is never selected
+    lengths = torch.tensor([0, 2, 12], device=k.device)  # row 1: softmax over 2 slots, 1 unused entry
+    grads = {}
+    for backend in ("triton", "reference"):
+        leaves = [t.detach().requires_grad_(True) for t in (q, k, v, w)]
+        out = sparse_attention(*leaves, 3, lengths=lengths, backend=backend)
+        grads[backend] = torch.autograd.grad((out.summary, out.weights), leaves,
+                                             (torch.ones_like(out.summary), torch.ones_like(out.weights)))
+    for name, a, b in zip(("query", "keys", "values", "score_weight"), grads["triton"], grads["reference"]):
+        assert torch.equal(a.isnan(), b.isnan()), f"grad_{name}: NaN pattern differs"
+        torch.testing.assert_close(a, b, equal_nan=True, atol=1e-9, rtol=1e-9, msg=f"grad_{name}")
+
+
 def test_all_nan_row_and_infinite_keys():
     """Every score NaN (ties among NaN break to the lower index); +-inf keys give finite scores."""
     case = Case(3, 20, 4, 3, 3)
@@ -218,7 +235,9 @@ def test_auto_routes_cpu_tensors_to_triton_under_interpreter(monkeypatch):
     seed=st.integers(0, 2**16),
 )
 def test_hypothesis_matches_reference(B, T, D, H, k_top, ragged, ties, chunk, dtype, seed):
-    case = Case(B, T, D, H, k_top, lengths="ragged" if ragged else "full", ties=ties)
+    # Exact ties only in float64: the reference's float32 tanh (vector body vs scalar tail) gives equal key
+    # rows scores an ulp apart, so float32 "ties" would compare against the reference's rounding noise.
+    case = Case(B, T, D, H, k_top, lengths="ragged" if ragged else "full", ties=ties and dtype == torch.float64)
     with forward_plan(16 if chunk else None, chunk):
         check_backend("triton", case, dtype, device=DEVICES[0], seed=seed)
 

@@ -355,7 +355,12 @@ def _bwd_kernel(gs_ptr, gw_ptr, q_ptr, k_ptr, v_ptr, w_ptr, indices_ptr, thresho
     g_s = tl.where(is_sel, g_sel, tl.where(pos == K_OUT, g_tau, 0.0))
 
     # Through tanh: dL/d(q + k_row) per row; query, key rows, and the score_weight partial.
+    # Unused entries read slot 0 and add their (zero, or NaN for a NaN slot 0) term to its row, as the
+    # reference's scatter_add does: onto the written entry of slot 0 if there is one, else stored alone.
     write_key = used | ((pos == K_OUT) & sparse_row)
+    unused = in_set & (write_key == 0)
+    row0 = write_key & (rows == 0)
+    row0_written = tl.max(row0.to(tl.int32), 0) > 0
     gk_rows = gk_ptr + (b64 * T64 + rows) * D
     for d0 in tl.static_range(0, D, BLOCK_D):
         dmask = (d0 + offs_d) < D
@@ -367,5 +372,8 @@ def _bwd_kernel(gs_ptr, gw_ptr, q_ptr, k_ptr, v_ptr, w_ptr, indices_ptr, thresho
         tl.store(gq_ptr + b64 * D + d0 + offs_d, tl.sum(d_pre, 0).to(gq_ptr.dtype.element_ty), mask=dmask)
         gw_part = tl.sum(tl.where(in_set[:, None], g_s[:, None] * hid, 0.0), 0)
         tl.store(gwp_ptr + b64 * D + d0 + offs_d, gw_part, mask=dmask)
-        tl.store(gk_rows[:, None] + (d0 + offs_d)[None, :], d_pre.to(gk_ptr.dtype.element_ty),
+        extra = tl.sum(tl.where(unused[:, None], d_pre, 0.0), 0)
+        d_key = d_pre + tl.where(row0[:, None], extra[None, :], 0.0)
+        tl.store(gk_rows[:, None] + (d0 + offs_d)[None, :], d_key.to(gk_ptr.dtype.element_ty),
                  mask=write_key[:, None] & dmask[None, :])
+        tl.store(gk_ptr + b64 * T64 * D + d0 + offs_d, extra.to(gk_ptr.dtype.element_ty), mask=dmask & (row0_written == 0))
