@@ -218,6 +218,13 @@ def test_auto_routes_cpu_tensors_to_triton_under_interpreter(monkeypatch):
     assert calls == ["forward", "backward"]
 
 
+def test_opcheck_triton():
+    """torch.library checks (schema, fake tensors, autograd registration) with the Triton backend."""
+    q, k, v, w, L = make_inputs(Case(3, 9, 5, 4, 3, lengths="ragged"), torch.float64, DEVICES[0])
+    leaves = [t.requires_grad_(True) for t in (q, k, v, w)]
+    torch.library.opcheck(torch.ops.sab.sparse_attention_forward.default, (*leaves, 3, L.long(), "triton"))
+
+
 # --- random shapes -------------------------------------------------------------------------------------
 
 
@@ -336,3 +343,4 @@ def test_kernels_compile_for_hopper():
     if proc.returncode == 77:
         pytest.skip(proc.stdout.strip())
     assert proc.returncode == 0 and "compiled" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
+

@@ -8,6 +8,7 @@ numpy underneath) large tiles and one chunk, which is far faster there.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import torch
@@ -161,8 +162,4 @@ def backward(grad_summary, grad_weights, query, keys, values, score_weight, k_to
 
 
 def _device_guard(dev: torch.device):
-    if dev.type == "cuda":
-        return torch.cuda.device(dev)
-    import contextlib
-
-    return contextlib.nullcontext()
+    return torch.cuda.device(dev) if dev.type == "cuda" else contextlib.nullcontext()
