@@ -65,11 +65,12 @@ class _SparseReplay(torch.autograd.Function):
         n = ctx.n
         g_key_slots: List[Optional[Tensor]] = [None] * n
         g_value_slots: List[Optional[Tensor]] = [None] * n
-        touched = torch.cat([indices.reshape(-1), threshold]).unique().tolist()
+        # Slots chosen by any row (or holding any row's threshold); one host sync per step.
+        touched = set(torch.cat([indices.reshape(-1), threshold]).tolist())
+        touched.discard(-1)
         for i in touched:
-            if i >= 0:
-                g_key_slots[i] = g_keys[:, i]
-                g_value_slots[i] = g_values[:, i]
+            g_key_slots[i] = g_keys[:, i]
+            g_value_slots[i] = g_values[:, i]
         return (None, None, None, None, g_query, g_w, *g_key_slots, *g_value_slots)
 
 
