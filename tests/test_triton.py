@@ -13,7 +13,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from op_cases import DTYPES, FORWARD_TOL, SMALL_CASES, Case, assert_close, case_params, check_backend, make_inputs
+from op_cases import BACKWARD_TOL, DTYPES, FORWARD_TOL, SMALL_CASES, Case, assert_close, case_params, check_backend, make_inputs
 from sab_kernels import sparse_attention
 from sab_kernels.kernels import triton_backend, triton_interpreter_enabled
 from sab_kernels.reference import reference_forward
@@ -271,6 +271,35 @@ def test_cuda_deterministic_big():
     for a, b in zip((*o1, *g1), (*o2, *g2)):
         assert torch.equal(a, b)
 
+
+
+@cuda
+def test_cuda_64bit_offsets():
+    """B * T * D > 2^31 (6.4 GB of bf16 keys): the last row, checked against the reference on that row alone."""
+    B, T, D, H, k_top = 3, 2**23, 128, 4, 8
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q = torch.randn(B, D, device="cuda", generator=g).bfloat16()
+    k = torch.randn(B, T, D, device="cuda", dtype=torch.bfloat16, generator=g)
+    v = torch.randn(B, T, H, device="cuda", dtype=torch.bfloat16, generator=g)
+    w = torch.randn(D, device="cuda", generator=g).bfloat16()
+    k[2, T - 3] = (5 * w.sign() - q[2]).bfloat16()  # the best slot of the last row, past 2^31 elements
+    leaves = [t.requires_grad_(True) for t in (q, k, v, w)]
+    out = sparse_attention(*leaves, k_top, backend="triton")
+    assert out.indices[2, 0] == T - 3
+    gs = torch.zeros_like(out.summary)
+    gs[2] = 1
+    grads = torch.autograd.grad(out.summary, leaves, gs)
+    row = [t.detach()[2:3].requires_grad_(True) for t in (q, k, v)]
+    wr = w.detach().requires_grad_(True)
+    ref = sparse_attention(*row, wr, k_top, backend="reference")
+    assert torch.equal(out.indices[2:3], ref.indices)
+    assert_close(out.summary[2:3], ref.summary, FORWARD_TOL[torch.bfloat16], "summary")
+    ref_grads = torch.autograd.grad(ref.summary, [*row, wr], torch.ones_like(ref.summary))
+    sel = ref.indices[0]
+    assert_close(grads[0][2:3], ref_grads[0], BACKWARD_TOL[torch.bfloat16], "grad_query")
+    assert_close(grads[1][2, sel], ref_grads[1][0, sel], BACKWARD_TOL[torch.bfloat16], "grad_keys")
+    assert_close(grads[2][2, sel], ref_grads[2][0, sel], BACKWARD_TOL[torch.bfloat16], "grad_values")
+    assert_close(grads[3], ref_grads[3], BACKWARD_TOL[torch.bfloat16], "grad_score_weight")
 
 # --- GPU compilation without a GPU ------------------------------------------------------------------------
 
