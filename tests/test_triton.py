@@ -242,8 +242,8 @@ def test_opcheck_triton():
     seed=st.integers(0, 2**16),
 )
 def test_hypothesis_matches_reference(B, T, D, H, k_top, ragged, ties, chunk, dtype, seed):
-    # Exact ties only in float64: the reference's float32 tanh (vector body vs scalar tail) gives equal key
-    # rows scores an ulp apart, so float32 "ties" would compare against the reference's rounding noise.
+    # Exact ties only in float64: the reference's float32 `hidden @ score_weight` (BLAS, vector body vs tail)
+    # gives equal key rows scores an ulp apart, so float32 "ties" would compare against its rounding noise.
     case = Case(B, T, D, H, k_top, lengths="ragged" if ragged else "full", ties=ties and dtype == torch.float64)
     with forward_plan(16 if chunk else None, chunk):
         check_backend("triton", case, dtype, device=DEVICES[0], seed=seed)
