@@ -4,11 +4,12 @@ The memory holds slots m_i (B, H) and their cached keys W_m m_i (B, D). Two copi
   - a preallocated buffer (B, capacity, H/D), written in place under no_grad (doubling when full), which
     the op reads as a contiguous view [:, :n]: writing a slot costs O(H + D) per row, not a copy of the
     memory;
-  - the graph-connected slot tensors (the h_t that was appended, and W_m h_t), kept in Python lists.
+  - the graph-connected slot tensors (the h_t that was appended), kept in a Python list.
 `attend` runs a custom autograd Function whose forward calls the raw op on the buffer views and whose
-backward calls the op's sparse backward and hands gradient only to the slot tensors that were selected
-(or held the threshold score); every other slot gets None, so autograd never walks into its graph. That is
-sparse replay: gradient re-enters the past only at the slots the op chose.
+backward calls the op's sparse backward, folds the key gradient into the slot gradient
+(dL/dm_i = dL/dv_i + W_m^T dL/dk_i, and dL/dW_m in one matmul) and hands gradient only to the slot tensors
+that were selected (or held the threshold score); every other slot gets None, so autograd never walks into
+its graph. That is sparse replay: gradient re-enters the past only at the slots the op chose.
 """
 
 from __future__ import annotations
@@ -36,24 +37,25 @@ class Attention(NamedTuple):
 class _SparseReplay(torch.autograd.Function):
     """summary = op(query, keys[:, :n], values[:, :n], w); gradient flows to the selected slot tensors only.
 
-    Inputs: (memory, n, k_top, backend, query (B, D), score_weight (D,), *key_slots (n x (B, D)),
-    *value_slots (n x (B, H))). The buffer views are held by reference: slots below n never change.
+    Inputs: (memory, n, k_top, backend, query (B, D), score_weight (D,), key_weight W_m (D, H),
+    *value_slots (n x (B, H))). Keys are W_m m_i, cached in the buffer. The buffer views are held by
+    reference: slots below n never change.
     """
 
     @staticmethod
-    def forward(ctx, memory, n, k_top, backend, query, score_weight, *slots):
+    def forward(ctx, memory, n, k_top, backend, query, score_weight, key_weight, *slots):
         keys = memory._keys[:, :n]
         values = memory._values[:, :n]
         lengths = torch.full((query.shape[0],), n, dtype=torch.int64, device=query.device)
         summary, weights, indices, threshold = _forward_op(query, keys, values, score_weight, k_top, lengths, backend)
-        ctx.save_for_backward(query, score_weight, weights, indices, threshold)
+        ctx.save_for_backward(query, score_weight, key_weight, weights, indices, threshold)
         ctx.keys, ctx.values, ctx.lengths, ctx.n, ctx.k_top, ctx.backend = keys, values, lengths, n, k_top, backend
         ctx.mark_non_differentiable(indices, threshold)
         return summary, weights, indices, threshold
 
     @staticmethod
     def backward(ctx, grad_summary, grad_weights, _gi, _gt):
-        query, score_weight, weights, indices, threshold = ctx.saved_tensors
+        query, score_weight, key_weight, weights, indices, threshold = ctx.saved_tensors
         if grad_summary is None:
             grad_summary = torch.zeros_like(ctx.values[:, 0])
         if grad_weights is None:
@@ -62,16 +64,18 @@ class _SparseReplay(torch.autograd.Function):
             grad_summary, grad_weights, query, ctx.keys, ctx.values, score_weight, ctx.k_top, ctx.lengths,
             weights, indices, threshold, ctx.backend,
         )
-        n = ctx.n
-        g_key_slots: List[Optional[Tensor]] = [None] * n
-        g_value_slots: List[Optional[Tensor]] = [None] * n
+        # k_i = W_m m_i: fold the key gradient into the slot's and W_m's, one matmul each for all slots.
+        D, H = key_weight.shape
+        g_slots = torch.addmm(g_values.reshape(-1, H), g_keys.reshape(-1, D), key_weight).view_as(g_values)
+        g_key_weight = g_keys.reshape(-1, D).t() @ ctx.values.reshape(-1, H)
         # Slots chosen by any row (or holding any row's threshold); one host sync per step.
         touched = set(torch.cat([indices.reshape(-1), threshold]).tolist())
         touched.discard(-1)
+        per_slot = g_slots.unbind(1)
+        grads: List[Optional[Tensor]] = [None] * ctx.n
         for i in touched:
-            g_key_slots[i] = g_keys[:, i]
-            g_value_slots[i] = g_values[:, i]
-        return (None, None, None, None, g_query, g_w, *g_key_slots, *g_value_slots)
+            grads[i] = per_slot[i]
+        return (None, None, None, None, g_query, g_w, g_key_weight, *grads)
 
 
 class SparseAttentiveMemory(nn.Module):
@@ -101,7 +105,6 @@ class SparseAttentiveMemory(nn.Module):
         self._values: Optional[Tensor] = None
         self._keys: Optional[Tensor] = None
         self._value_slots: List[Tensor] = []
-        self._key_slots: List[Tensor] = []
 
     @property
     def size(self) -> int:
@@ -129,20 +132,18 @@ class SparseAttentiveMemory(nn.Module):
         capacity = max(int(capacity), 1)
         self._values = h0.new_empty((B, capacity, H))
         self._keys = h0.new_empty((B, capacity, self.attn_dim))
-        self._value_slots, self._key_slots = [], []
+        self._value_slots = []
         self.append(h0)
 
     def append(self, h: Tensor) -> None:
-        """Write h (B, H) and its key W_m h (B, D) as the next slot: O(B (H + D)), plus amortised growth."""
+        """Write h (B, H) and its key W_m h (B, D) as the next slot: O(B H D) for the key, in place."""
         n = self.size
         if n == self._values.shape[1]:
             self._grow()
-        key = self.key_proj(h)
         with torch.no_grad():
             self._values[:, n] = h
-            self._keys[:, n] = key
+            self._keys[:, n] = h @ self.key_proj.weight.t()
         self._value_slots.append(h)
-        self._key_slots.append(key)
 
     def _grow(self) -> None:
         # A new buffer of twice the capacity; views of the old one held by earlier steps stay valid.
@@ -163,7 +164,7 @@ class SparseAttentiveMemory(nn.Module):
             raise RuntimeError("SparseAttentiveMemory.attend called before reset()")
         query = self.query_proj(h_hat)
         out = _SparseReplay.apply(
-            self, self.size, self.k_top, self.backend, query, self.score_weight, *self._key_slots, *self._value_slots
+            self, self.size, self.k_top, self.backend, query, self.score_weight, self.key_proj.weight, *self._value_slots
         )
         return Attention(*out)
 
