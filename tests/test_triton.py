@@ -118,6 +118,18 @@ def test_plan():
     assert chunks * 64 <= triton_backend._MAX_CANDIDATES and chunk % 16 == 0
 
 
+
+def test_gpu_plan_without_a_gpu(monkeypatch):
+    """The GPU plan on an H100-sized part (132 SMs): short rows fused, long rows split over ~4 programs/SM."""
+    monkeypatch.setattr(triton_backend, "_num_sms", lambda index: 132)
+    plan = functools.partial(triton_backend.forward_plan, interpreted=False, device=torch.device("cuda", 0))
+    assert plan(32, 4096, 128, 8) == (32, 128, 256, 16)  # the benchmark's shape: 512 programs of 8 tiles
+    assert plan(32, 65536, 128, 8)[3] == 17
+    assert plan(32, 256, 128, 8)[3] == 1  # one fused launch for short rows
+    assert plan(4096, 4096, 128, 8)[3] == 1  # enough rows to fill the GPU
+    block_t, block_d, chunk, chunks = plan(1, 10**6, 4, 255)
+    assert block_d == 4 and chunk % block_t == 0 and chunks * 256 <= triton_backend._MAX_CANDIDATES
+
 # --- NaN ------------------------------------------------------------------------------------------------
 
 

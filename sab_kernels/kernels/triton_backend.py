@@ -19,7 +19,11 @@ from . import triton_interpreter_enabled
 from .triton_kernels import _bwd_kernel, _fwd_chunk_kernel, _fwd_merge_kernel
 
 _MAX_CANDIDATES = 4096  # C_PAD * K_PAD of the merge stage
-_MIN_TILES_TO_SPLIT = 16  # GPU rows shorter than this many tiles are not split into chunks
+# GPU tuning knobs (set from reasoning and sm_90 register counts, not yet measured on a GPU):
+_MIN_TILES_TO_SPLIT = 16  # rows shorter than this many tiles run as one fused launch
+_PROGRAMS_PER_SM = 4  # chunked rows: aim for this many stage-1 programs per SM
+_MIN_CHUNK_TILES = 4  # and at least this many tiles (and 4 * (k_top + 1) slots) per chunk
+_GPU_TILE_ELEMENTS = 4096  # BLOCK_T * BLOCK_D of a key tile (~80 registers/thread at D = 128, 4 warps)
 
 
 def _acc(dtype: torch.dtype):
@@ -54,7 +58,7 @@ def forward_plan(B: int, T: int, D: int, k_top: int, interpreted: bool, device=N
         default_t = max(16, min(4096, 65536 // block_d))
     else:
         block_d = min(_pow2(D), 128)
-        default_t = max(16, min(128, 4096 // block_d))
+        default_t = max(16, min(128, _GPU_TILE_ELEMENTS // block_d))
     if block_t is None:
         block_t = min(default_t, max(16, _pow2(T)))
     tiles = triton.cdiv(T, block_t)
@@ -63,8 +67,8 @@ def forward_plan(B: int, T: int, D: int, k_top: int, interpreted: bool, device=N
             chunks = 1  # small rows: one fused launch, latency matters more than parallelism
         else:
             index = device.index if device is not None and device.index is not None else torch.cuda.current_device()
-            target = 4 * _num_sms(index)
-            min_tiles = max(4, triton.cdiv(4 * k1, block_t))
+            target = _PROGRAMS_PER_SM * _num_sms(index)
+            min_tiles = max(_MIN_CHUNK_TILES, triton.cdiv(4 * k1, block_t))
             chunks = max(1, min(triton.cdiv(target, B), triton.cdiv(tiles, min_tiles)))
         chunk_tiles = triton.cdiv(tiles, chunks)
     else:
