@@ -36,7 +36,8 @@ def raw_scores(query: torch.Tensor, keys: torch.Tensor, score_weight: torch.Tens
     """s[b, i] = sum_d w_d * tanh(q[b, d] + k[b, i, d]), shape (B, T), in the compute dtype."""
     ct = compute_dtype(query.dtype)
     hidden = torch.tanh(query.to(ct)[:, None, :] + keys.to(ct))
-    return hidden @ score_weight.to(ct)
+    # A plain sum, not a matmul: BLAS gives equal key rows scores an ulp apart, which would break ties.
+    return (hidden * score_weight.to(ct)).sum(-1)
 
 
 def rank_slots(scores: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -127,7 +128,7 @@ def reference_backward(grad_summary, grad_weights, query, keys, values, score_we
     sel = indices.clamp(min=0)
     rows = torch.cat([sel, threshold.clamp(min=0)[:, None]], dim=1)  # (B, k+1): selected, then threshold
     hidden = torch.tanh(query.to(ct)[:, None, :] + keys.gather(1, rows[:, :, None].expand(-1, -1, D)).to(ct))
-    s = hidden @ score_weight.to(ct)  # (B, k+1)
+    s = (hidden * score_weight.to(ct)).sum(-1)  # (B, k+1), summed exactly as in raw_scores
     s_sel, tau = s[:, :-1], s[:, -1:]
 
     # Recompute the weights in the compute dtype, exactly as the forward does.
