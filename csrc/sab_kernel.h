@@ -43,6 +43,8 @@ struct BackwardArgs {
   void* grad_keys;        // (B, T, D) storage dtype, written in full (zeros + touched rows)
   void* grad_values;      // (B, T, H) storage dtype, written in full
   void* grad_w_partial;   // (B, D) compute dtype: per-row contribution, reduced by the host in row order
+  bool keys_zeroed;       // grad_keys arrives zero-filled (fresh OS pages): write the touched rows only
+  bool values_zeroed;     // the same for grad_values
 };
 
 // Split forward (rows with T much larger than the work per thread): `chunks` chunks of `chunk_len` slots

@@ -19,8 +19,14 @@
 #include <ATen/Parallel.h>
 #include <ATen/Version.h>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -29,8 +35,9 @@
 namespace sab {
 namespace {
 
-// Work (in multiply-add-tanh units) below which a parallel region costs more than it saves.
-constexpr int64_t kGrainWork = 1 << 15;
+// Work (in tanh-multiply-add units, ~1 ns each on one core) below which a task is not split off: a
+// parallel region costs microseconds on an idle machine and far more on a busy one.
+constexpr int64_t kGrainWork = int64_t(1) << 18;
 // Shortest slot chunk of the split forward.
 constexpr int64_t kMinChunk = 1024;
 
@@ -133,6 +140,90 @@ Shapes check_inputs(const at::Tensor& query, const at::Tensor& keys, const at::T
   return s;
 }
 
+// Dense gradient buffers: grad_keys (B, T, D) and grad_values (B, T, H) receive k_top + 1 rows per batch row
+// and are zero elsewhere. Filling fresh memory with zeros is most of the backward's cost (the page faults of a
+// fresh allocation cost more than the fill), so:
+//   >= kLazyZeroBytes: a fresh anonymous mapping. The OS hands out zero pages, and only the pages the backward
+//     writes (or a later reader touches) are ever faulted in.
+//   >= kPoolMinBytes: a buffer from a small cache of freed gradient buffers (power-of-two size classes, at most
+//     kPoolMaxBytes kept): already faulted in, zeroed by the kernel with memset. SAB calls the op once per step
+//     with similar sizes, and glibc would otherwise unmap and re-fault these buffers on every call.
+//   smaller: at::empty, zeroed by the kernel.
+constexpr int64_t kLazyZeroBytes = int64_t(1) << 22;
+constexpr int64_t kPoolMinBytes = int64_t(1) << 16;
+constexpr int64_t kPoolMaxBytes = int64_t(1) << 25;
+
+class BufferPool {
+ public:
+  static BufferPool& instance() {
+    static BufferPool* pool = new BufferPool();  // never destroyed: tensors may outlive static destructors
+    return *pool;
+  }
+  static int size_class(int64_t nbytes) {
+    int c = 0;
+    while ((int64_t(1) << c) < nbytes) {
+      ++c;
+    }
+    return c;
+  }
+  void* take(int c) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (!free_[c].empty()) {
+        void* p = free_[c].back();
+        free_[c].pop_back();
+        cached_ -= int64_t(1) << c;
+        return p;
+      }
+    }
+    return std::aligned_alloc(64, size_t(1) << c);
+  }
+  void give(void* p, int c) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (cached_ + (int64_t(1) << c) <= kPoolMaxBytes) {
+        free_[c].push_back(p);
+        cached_ += int64_t(1) << c;
+        return;
+      }
+    }
+    std::free(p);
+  }
+
+ private:
+  std::mutex mutex_;
+  std::vector<void*> free_[64];
+  int64_t cached_ = 0;
+};
+
+// A tensor of `sizes` for a dense gradient; *zeroed tells whether it already holds zeros.
+at::Tensor grad_buffer(at::IntArrayRef sizes, const at::TensorOptions& opts, bool* zeroed) {
+  *zeroed = false;
+  int64_t numel = 1;
+  for (const int64_t s : sizes) {
+    numel *= s;
+  }
+  const int64_t nbytes = numel * static_cast<int64_t>(c10::elementSize(opts.dtype().toScalarType()));
+#if defined(__linux__)
+  if (nbytes >= kLazyZeroBytes) {
+    void* ptr = mmap(nullptr, static_cast<size_t>(nbytes), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (ptr != MAP_FAILED) {
+      *zeroed = true;
+      const size_t len = static_cast<size_t>(nbytes);
+      return at::from_blob(ptr, sizes, [len](void* p) { munmap(p, len); }, opts);
+    }
+  }
+#endif
+  if (nbytes >= kPoolMinBytes && nbytes < kLazyZeroBytes) {
+    const int c = BufferPool::size_class(nbytes);
+    void* ptr = BufferPool::instance().take(c);
+    if (ptr != nullptr) {
+      return at::from_blob(ptr, sizes, [c](void* p) { BufferPool::instance().give(p, c); }, opts);
+    }
+  }
+  return at::empty(sizes, opts);
+}
+
 // at::parallel_for over [0, n) with a grain such that each task does at least kGrainWork units.
 template <typename F>
 void parallel_rows(int64_t n, int64_t work_per_item, const F& f) {
@@ -228,8 +319,9 @@ std::vector<at::Tensor> backward(const at::Tensor& grad_summary, const at::Tenso
 
   const auto opts = values.options();
   at::Tensor grad_query = at::empty({s.B, s.D}, opts);
-  at::Tensor grad_keys = at::empty({s.B, s.T, s.D}, opts);
-  at::Tensor grad_values = at::empty({s.B, s.T, s.H}, opts);
+  bool keys_zeroed = false, values_zeroed = false;
+  at::Tensor grad_keys = grad_buffer({s.B, s.T, s.D}, opts, &keys_zeroed);
+  at::Tensor grad_values = grad_buffer({s.B, s.T, s.H}, opts, &values_zeroed);
   const auto ct = compute_type(dtype);
   if (s.B == 0) {
     return {grad_query, grad_keys, grad_values, at::zeros({s.D}, opts)};
@@ -258,10 +350,12 @@ std::vector<at::Tensor> backward(const at::Tensor& grad_summary, const at::Tenso
   a.grad_keys = grad_keys.data_ptr();
   a.grad_values = grad_values.data_ptr();
   a.grad_w_partial = partial.data_ptr();
+  a.keys_zeroed = keys_zeroed;
+  a.values_zeroed = values_zeroed;
 
   const Kernels& kern = table()->by_dtype[static_cast<int>(dtype_of(query))];
-  // Work per row: zeroing its T (D + H) gradient entries, plus (k + 1) D tanh.
-  parallel_rows(s.B, s.T * (s.D + s.H) / 8 + (s.k + 1) * s.D,
+  // Work per row: zeroing its gradient rows (unless the OS did), plus (k + 1) D tanh.
+  parallel_rows(s.B, ((keys_zeroed ? 0 : s.T * s.D) + (values_zeroed ? 0 : s.T * s.H)) / 8 + (s.k + 1) * s.D,
                 [&](int64_t b0, int64_t b1) { kern.backward_rows(a, b0, b1); });
 
   // grad_score_weight: the per-row partials summed in row order (deterministic for any thread count).
