@@ -2,8 +2,8 @@
 
 The memory holds slots m_i (B, H) and their cached keys W_m m_i (B, D). Two copies of each slot exist:
   - a preallocated buffer (B, capacity, H/D), written in place under no_grad (doubling when full), which
-    the op reads as a contiguous view [:, :n]: writing a slot costs O(H + D) per row, not a copy of the
-    memory;
+    the op reads whole with lengths = n (contiguous, never copied): writing a slot costs one (H x D) key
+    projection and O(H + D) stores per row, not a copy of the memory;
   - the graph-connected slot tensors (the h_t that was appended), kept in a Python list.
 `attend` runs a custom autograd Function whose forward calls the raw op on the buffer views and whose
 backward calls the op's sparse backward, folds the key gradient into the slot gradient
@@ -44,8 +44,9 @@ class _SparseReplay(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, memory, n, k_top, backend, query, score_weight, key_weight, *slots):
-        keys = memory._keys[:, :n]
-        values = memory._values[:, :n]
+        # The whole preallocated buffer goes to the op with lengths = n: contiguous, so nothing is copied,
+        # and the kernels read only slots below n. Later writes land at rows >= n, which this step never reads.
+        keys, values = memory._keys, memory._values
         lengths = torch.full((query.shape[0],), n, dtype=torch.int64, device=query.device)
         summary, weights, indices, threshold = _forward_op(query, keys, values, score_weight, k_top, lengths, backend)
         ctx.save_for_backward(query, score_weight, key_weight, weights, indices, threshold)
@@ -64,12 +65,19 @@ class _SparseReplay(torch.autograd.Function):
             grad_summary, grad_weights, query, ctx.keys, ctx.values, score_weight, ctx.k_top, ctx.lengths,
             weights, indices, threshold, ctx.backend,
         )
-        # k_i = W_m m_i: fold the key gradient into the slot's and W_m's, one matmul each for all slots.
+        # Only the k selected rows and the threshold row of each batch row carry gradient: gather them.
         D, H = key_weight.shape
-        g_slots = torch.addmm(g_values.reshape(-1, H), g_keys.reshape(-1, D), key_weight).view_as(g_values)
-        g_key_weight = g_keys.reshape(-1, D).t() @ ctx.values.reshape(-1, H)
-        # Slots chosen by any row (or holding any row's threshold); one host sync per step.
-        touched = set(torch.cat([indices.reshape(-1), threshold]).tolist())
+        rows = torch.cat([indices, threshold[:, None]], 1)  # (B, k+1), -1 where unused
+        valid = (rows >= 0).unsqueeze(-1)
+        at = rows.clamp(min=0).unsqueeze(-1)
+        g_k = g_keys.gather(1, at.expand(-1, -1, D)) * valid  # (B, k+1, D)
+        g_v = g_values.gather(1, at.expand(-1, -1, H)) * valid  # (B, k+1, H)
+        # k_i = W_m m_i: fold the key gradient into the slot's (W_m^T dk) and into W_m's (dk m_i^T).
+        g_key_weight = g_k.reshape(-1, D).t() @ ctx.values.gather(1, at.expand(-1, -1, H)).reshape(-1, H)
+        g_rows = torch.baddbmm(g_v, g_k, key_weight.expand(g_k.shape[0], D, H))  # (B, k+1, H)
+        g_slots = g_rows.new_zeros((g_rows.shape[0], ctx.n, H)).scatter_add_(1, at.expand(-1, -1, H), g_rows)
+        # Slots chosen by any batch row (or holding a threshold) get gradient; all others None (never visited).
+        touched = set(rows.reshape(-1).tolist())
         touched.discard(-1)
         per_slot = g_slots.unbind(1)
         grads: List[Optional[Tensor]] = [None] * ctx.n
@@ -130,8 +138,9 @@ class SparseAttentiveMemory(nn.Module):
         """Start a new sequence: drop all slots and write h0 (B, H) as slot 0. `capacity` preallocates."""
         B, H = h0.shape
         capacity = max(int(capacity), 1)
-        self._values = h0.new_empty((B, capacity, H))
-        self._keys = h0.new_empty((B, capacity, self.attn_dim))
+        # Zeros, not empty: the reference backend scores every row of the buffer (and masks rows >= n).
+        self._values = h0.new_zeros((B, capacity, H))
+        self._keys = h0.new_zeros((B, capacity, self.attn_dim))
         self._value_slots = []
         self.append(h0)
 
@@ -149,15 +158,16 @@ class SparseAttentiveMemory(nn.Module):
         # A new buffer of twice the capacity; views of the old one held by earlier steps stay valid.
         n = self.size
         old_v, old_k = self._values, self._keys
-        self._values = old_v.new_empty((old_v.shape[0], 2 * n, old_v.shape[2]))
-        self._keys = old_k.new_empty((old_k.shape[0], 2 * n, old_k.shape[2]))
+        self._values = old_v.new_zeros((old_v.shape[0], 2 * n, old_v.shape[2]))
+        self._keys = old_k.new_zeros((old_k.shape[0], 2 * n, old_k.shape[2]))
         self._values[:, :n] = old_v[:, :n]
         self._keys[:, :n] = old_k[:, :n]
 
     def attend(self, h_hat: Tensor) -> Attention:
         """Sparse attention of the provisional state h_hat (B, H) over the slots written so far.
 
-        Returns Attention(summary (B, H), weights (B, k), indices (B, k), threshold (B,)), k = min(k_top, n).
+        Returns Attention(summary (B, H), weights (B, k), indices (B, k), threshold (B,)) with
+        k = min(k_top, buffer capacity); entries past the n written slots have weight 0 and index -1.
         Backward: gradient reaches query_proj, score_weight and only the selected/threshold slots' graphs.
         """
         if self._values is None or self.size == 0:
