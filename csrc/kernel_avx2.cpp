@@ -1,4 +1,4 @@
-// The kernels for x86-64 CPUs with AVX2 and FMA: 256-bit at::vec, SLEEF tanh. Built with a target pragma
+// The kernels for x86-64 CPUs with AVX2 and FMA: 256-bit at::vec. Built with a target pragma
 // (setup.py compiles every csrc/*.cpp with the same flags) and chosen at run time by sparse_attention.cpp.
 #include "sab_kernel.h"
 

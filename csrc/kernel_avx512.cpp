@@ -1,5 +1,5 @@
-// The kernels for x86-64 CPUs with AVX-512 (F, BW, VL, DQ): 512-bit at::vec, SLEEF tanh. Built with a target pragma
-// (setup.py compiles every csrc/*.cpp with the same flags) and chosen at run time by sparse_attention.cpp.
+// The kernels for x86-64 CPUs with AVX-512 (F, BW, VL, DQ): 512-bit at::vec. Built with a target
+// pragma (setup.py compiles every csrc/*.cpp with the same flags) and chosen at run time by sparse_attention.cpp.
 #include "sab_kernel.h"
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)

@@ -13,6 +13,7 @@
 //   1 <= n <= k_top: a = softmax over the n slots; n = 0: nothing selected.
 // The backward recomputes the scores of the selected and threshold rows with the same function as the
 // forward (so the same bits), and writes gradient into those rows only.
+// Vectorised over D (scores, backward) and H (summary, dot products) with fmadd; tanh: tanh_vec below.
 
 #include "sab_kernel.h"
 
