@@ -108,6 +108,24 @@ def test_timing_and_cpu_peak_memory():
     assert peak is not None and nbytes <= peak < 2 * nbytes
 
 
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="RSS high-water mark needs Linux /proc")
+def test_memory_worker_measures_resident_growth():
+    from sab_kernels.bench.memory import RSS_METHOD, MemoryMeter
+
+    meter = MemoryMeter("cpu", threads=1)
+    try:
+        assert meter.uses_worker and meter.method == RSS_METHOD, meter.last_error
+        case = OpCase("T", B=4, T=4096, D=64, H=64, k_top=3)
+        eager = implementations("cpu", ["eager"])[0][0]
+        peak = meter.op(case, eager, "fwd+bwd", None, None, None)
+        # The eager backward materialises (B, T, D) float32 activations and dense gradients: several MiB.
+        assert peak is not None and peak >= 4 * 4096 * 64 * 4
+        assert meter.op(case, Impl("broken", "broken", _wrong_weights), "forward", None, None, None) is None
+    finally:
+        meter.close()
+    assert meter.proc is None
+
+
 def test_runner_and_report(tmp_path):
     impls = _cpu_impls() + [Impl("broken", "broken impl", _wrong_weights)]
     rows = run_op(TINY, impls, "cpu", FAST)

@@ -56,8 +56,9 @@ def main(argv=None) -> int:
 
     from . import report, timing
     from .registry import implementations, op_cases
+    from .memory import MemoryMeter
     from .runner import run_op
-    from .sections import LSTMConfig, load_sablstm, lstm_models, run_lstm, run_overhead
+    from .sections import load_sablstm, lstm_models, lstm_setup, run_lstm, run_overhead
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
@@ -87,20 +88,18 @@ def main(argv=None) -> int:
     n_overhead = (7 + 2 * (load_sablstm()[0] is not None)) if "overhead" in args.sections else 0
     n_lstm = 0
     if "lstm" in args.sections:
-        models, _ = lstm_models(device, LSTMConfig())
-        n_lstm = len(models) * len(args.lstm_T or ([32, 128] if args.quick else [128, 256, 512, 1024, 2048]))
+        lstm_cfg, lstm_T = lstm_setup(args.quick, args.lstm_T)
+        n_lstm = len(lstm_models(device, lstm_cfg)[0]) * len(lstm_T)
     notes.append("time: " + ("triton.testing.do_bench (median, 25th/75th percentiles)" if device == "cuda"
                              else f"time.perf_counter loop, >= {cfg.min_reps} runs and >= {cfg.budget_s:g} s after "
                                   f"{cfg.warmup} warm-up run(s), median and IQR")
                  + "; forward = a training forward (inputs require grad); backward = backward alone after an untimed forward.")
-    notes.append("peak memory: " + ("torch.cuda.max_memory_allocated above the bytes live before the run"
-                                    if device == "cuda" else
-                                    "peak of the PyTorch CPU allocator's live bytes during one run (torch.profiler "
-                                    "profile_memory), above the bytes live before it; inputs not counted"))
     if device == "cuda":
         notes.append("roofline: minimum bytes (forward: query, w, every key once, the selected value rows, the outputs; "
                      "backward: the dense key/value gradients written once plus the selected rows) / median time / peak bandwidth.")
 
+    memory = MemoryMeter(device, torch.get_num_threads())
+    notes.append("peak memory: " + memory.method + (f" (the RSS worker did not start: {memory.last_error})" if memory.last_error else ""))
     rows = []
     bar = tqdm(total=n_op + n_overhead + n_lstm, desc="sab-bench", unit="run", file=sys.stderr, mininterval=0.5,
                dynamic_ncols=True)
@@ -111,15 +110,16 @@ def main(argv=None) -> int:
 
     try:
         if cases:
-            rows += run_op(cases, impls, device, cfg, peak_bw, args.limit_s, progress)
+            rows += run_op(cases, impls, device, cfg, peak_bw, args.limit_s, progress, memory)
         if "overhead" in args.sections:
             rows += run_overhead(device, args.quick, progress)
         if "lstm" in args.sections:
-            lstm_rows, lstm_notes = run_lstm(device, args.quick, cfg, args.lstm_T, args.limit_s, progress)
+            lstm_rows, lstm_notes = run_lstm(device, args.quick, cfg, args.lstm_T, args.limit_s, progress, memory)
             rows += lstm_rows
             notes += lstm_notes
     finally:
         bar.close()
+        memory.close()
 
     wall = time.perf_counter() - t_start
     env["wall time"] = f"{wall:.0f} s"

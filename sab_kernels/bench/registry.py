@@ -80,11 +80,12 @@ def op_cases(device: str, quick: bool = False, T_values: Optional[Sequence[int]]
 
     CPU base: B=32, D=H=128, k_top=8, float32 (the issue's target). CUDA base: the same in bfloat16.
     Full: T in 64 ... 65,536 (x4) in all three modes; B, D=H, k_top and dtype swept at one T in fwd+bwd.
-    Quick: T in {64, 256, 1024}, all modes, nothing else.
+    Quick: T in {64, 256, 1024} (CUDA: {256, 4096, 16384}), all modes, nothing else.
     """
     cuda = device == "cuda"
     base = dict(B=32, D=128, H=128, k_top=8, dtype="bfloat16" if cuda else "float32")
-    T_list = list(T_values) if T_values else ([64, 256, 1024] if quick else _powers_of_4(64, 65536))
+    quick_T = [256, 4096, 16384] if cuda else [64, 256, 1024]
+    T_list = list(T_values) if T_values else (quick_T if quick else _powers_of_4(64, 65536))
     cases = [OpCase("T", T=T, **base) for T in T_list]
     if quick:
         return [c for c in cases if sweeps is None or c.sweep in sweeps]

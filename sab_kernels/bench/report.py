@@ -264,14 +264,14 @@ def targets_table(rows: List[Dict], device: str) -> Optional[str]:
             cells.append(text if T >= t_min or text == "-" else f"({text})")
         verdict = "no data" if not verdicts else ("met" if all(verdicts) else f"NOT met ({verdicts.count(False)} of {len(verdicts)})")
         body.append([what + (f", T >= {t_min}" if t_min > 64 else "")] + cells + [verdict])
-        if kind == "memory":  # what no implementation returning dense gradients can go below
+        if kind == "memory":  # the allocation floor of dense gradients (on CPU the C++ kernels keep them mostly virtual)
             floor_cells = []
             for T in Ts:
                 e, r = _mem(get.get((T, mode, other))), get.get((T, mode, "fused"))
                 elt = torch.empty((), dtype=getattr(torch, r["dtype"])).element_size() if r else 0
                 floor = r["B"] * T * (r["D"] + r["H"]) * elt / 2**20 if r else None
                 floor_cells.append(f"{floor / e:.2f}" if floor and e else "-")
-            body.append(["  (floor: the dense key and value gradients the op returns, / eager's peak)"] + floor_cells + [""])
+            body.append(["  (for scale: bytes of the dense key and value gradients / eager's peak)"] + floor_cells + [""])
     desc = ", ".join(f"{k}={v}" for k, v in base.items() if k != "dtype") + f", {base['dtype']}"
     return (f"### Targets of issue 5 ({desc}; values in parentheses are below the target's T range)\n\n"
             + _table(["target"] + [f"T={T}" for T in Ts] + ["verdict"], body))

@@ -81,9 +81,14 @@ def run_op(
     peak_bandwidth: Optional[float] = None,
     limit_s: float = 20.0,
     progress: Optional[Callable[[str], None]] = None,
-    measure_memory: bool = True,
+    memory=None,
 ) -> List[Dict]:
-    """Rows for the op section. Sizes shared by several sweeps are measured once and reported in each."""
+    """Rows for the op section. Sizes shared by several sweeps are measured once and reported in each.
+
+    `memory`: a `memory.MemoryMeter` (default: in process, no worker)."""
+    from .memory import MemoryMeter
+
+    memory = memory or MemoryMeter(device, use_worker=False)
     rows: List[Dict] = []
     done: Dict[tuple, Dict] = {}
     skips = SkipTracker(limit_s)
@@ -119,7 +124,7 @@ def run_op(
                 if not verdict.ok:
                     row = _row(**common, status="FAIL", note=f"verification failed: {verdict.message}")
                 else:
-                    row = _measure(case, impl, mode, inputs, device, cfg, peak_bandwidth, measure_memory)
+                    row = _measure(case, impl, mode, inputs, device, cfg, peak_bandwidth, memory)
                     row.update(common, verify_max_error=f"{verdict.max_error:.3g}")
                     if row["status"] == "ok":
                         skips.record(case, impl, mode, row["median_ms"])
@@ -131,12 +136,12 @@ def run_op(
     return rows
 
 
-def _measure(case, impl, mode, inputs, device, cfg, peak_bandwidth, measure_memory) -> Dict:
+def _measure(case, impl, mode, inputs, device, cfg, peak_bandwidth, memory) -> Dict:
     grad_summary = case.upstream_grad(device)
     fn, setup, leaves = mode_callables(impl, inputs, case.k_top, mode, grad_summary)
     try:
         t = timing.time_fn(device, fn, setup, leaves, cfg)
-        peak = timing.peak_memory(device, fn, setup, leaves) if measure_memory else None
+        peak = memory.op(case, impl, mode, fn, setup, leaves)
     except torch.OutOfMemoryError as exc:
         return _row(status="OOM", note=str(exc).splitlines()[0])
     except RuntimeError as exc:  # CPU allocation failure, or a kernel error at this size

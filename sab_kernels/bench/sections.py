@@ -177,19 +177,44 @@ def lstm_models(device: str, cfg: LSTMConfig) -> Tuple[List[Tuple[str, str, Call
     return models, []
 
 
-def run_lstm(device: str, quick: bool, timing_cfg: timing.TimingConfig, T_values: Optional[Sequence[int]] = None,
-             limit_s: float = 20.0, progress: Optional[Callable[[str], None]] = None) -> Tuple[List[Dict], List[str]]:
-    """One training step (forward, cross-entropy at every step, backward, Adam) per model and T."""
+def lstm_setup(quick: bool, T_values: Optional[Sequence[int]] = None) -> Tuple[LSTMConfig, List[int]]:
     cfg = LSTMConfig(B=8, hidden=64) if quick else LSTMConfig()
-    T_list = list(T_values) if T_values else ([32, 128] if quick else [128, 256, 512, 1024, 2048])
+    return cfg, (list(T_values) if T_values else ([32, 128] if quick else [128, 256, 512, 1024, 2048]))
+
+
+def lstm_step(device: str, quick: bool, T: int, name: str) -> Callable[[], None]:
+    """One training step of model `name` at sequence length T: data and weights from fixed seeds, so the
+    memory worker rebuilds exactly what the timing process runs."""
+    cfg, _ = lstm_setup(quick)
+    factory = {n: f for n, _, f in lstm_models(device, cfg)[0]}[name]
+    g = torch.Generator().manual_seed(T)
+    x = torch.randn(T, cfg.B, cfg.input_size, generator=g).to(device)
+    y = torch.randint(0, cfg.classes, (T, cfg.B), generator=g).to(device)
+    torch.manual_seed(0)
+    model = factory().to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        logits = model(x)
+        nn.functional.cross_entropy(logits.reshape(-1, cfg.classes), y.reshape(-1)).backward()
+        opt.step()
+
+    return step
+
+
+def run_lstm(device: str, quick: bool, timing_cfg: timing.TimingConfig, T_values: Optional[Sequence[int]] = None,
+             limit_s: float = 20.0, progress: Optional[Callable[[str], None]] = None, memory=None) -> Tuple[List[Dict], List[str]]:
+    """One training step (forward, cross-entropy at every step, backward, Adam) per model and T."""
+    from .memory import MemoryMeter
+
+    memory = memory or MemoryMeter(device, use_worker=False)
+    cfg, T_list = lstm_setup(quick, T_values)
     tick = progress or (lambda _d: None)
     models, notes = lstm_models(device, cfg)
     rows, slow = [], {}
     for T in T_list:
-        g = torch.Generator().manual_seed(T)
-        x = torch.randn(T, cfg.B, cfg.input_size, generator=g).to(device)
-        y = torch.randint(0, cfg.classes, (T, cfg.B), generator=g).to(device)
-        for name, label, factory in models:
+        for name, label, _ in models:
             tick(f"lstm {name} T={T}")
             common = dict(section="lstm", sweep="T", case=f"B={cfg.B} I={cfg.input_size} hidden={cfg.hidden} T={T}",
                           B=cfg.B, T=T, H=cfg.hidden, k_top=cfg.k_top if name.startswith("SAB") else "",
@@ -197,19 +222,11 @@ def run_lstm(device: str, quick: bool, timing_cfg: timing.TimingConfig, T_values
             if name in slow:
                 rows.append(_row(**common, status="skipped", note=slow[name]))
                 continue
-            torch.manual_seed(0)
-            model = factory().to(device)
-            opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-
-            def step():
-                opt.zero_grad(set_to_none=True)
-                logits = model(x)
-                nn.functional.cross_entropy(logits.reshape(-1, cfg.classes), y.reshape(-1)).backward()
-                opt.step()
-
             try:
+                step = lstm_step(device, quick, T, name)
                 t = timing.time_fn(device, step, cfg=timing_cfg)
-                peak = timing.peak_memory(device, step)
+                peak = memory.lstm(quick, T, name, step)  # in process: this (warm) step; CPU worker: its own copy
+                del step
             except (RuntimeError, torch.OutOfMemoryError) as exc:
                 rows.append(_row(**common, status="error", note=f"{type(exc).__name__}: {str(exc).splitlines()[0]}"))
                 continue
@@ -218,5 +235,4 @@ def run_lstm(device: str, quick: bool, timing_cfg: timing.TimingConfig, T_values
             note = (f"k_top={cfg.k_top} k_att={cfg.k_att} k_trunc={cfg.k_trunc}" if name.startswith("SAB") else "full BPTT")
             rows.append(_row(**common, status="ok", median_ms=t.median_ms, p25_ms=t.p25_ms, p75_ms=t.p75_ms, reps=t.reps,
                              peak_mem_mib=(peak / 2**20) if peak is not None else "", note=note))
-            del model, opt
     return rows, notes

@@ -9,13 +9,12 @@ Time (median, 25th and 75th percentiles, in ms):
         is off while timing. Untimed preparation runs
         before each timed call. Gradients are reset to None before every run on both devices.
 
-Peak memory (bytes allocated above what was live when the run started, so inputs are not counted):
+Peak memory (bytes above what was live when the run started, so inputs are not counted), in process:
   CUDA: `torch.cuda.max_memory_allocated()` after `reset_peak_memory_stats()`, minus the allocated bytes
         before the run.
-  CPU:  the PyTorch profiler with `profile_memory=True` records every tensor allocation and free of the
-        CPU allocator (torch tensors, including those the C++ extension allocates through ATen); the peak
-        of their running sum over one run. Memory a kernel takes outside the PyTorch allocator (std::vector
-        scratch, thread stacks) is not seen; process RSS is not used because glibc keeps freed pages.
+  CPU:  the PyTorch profiler with `profile_memory=True`: the peak of the running sum of the CPU allocator's
+        allocations and frees. It does not see memory a kernel maps itself, so the CLI measures CPU memory
+        as resident-set growth in a worker process instead (memory.py) and uses this only as a fallback.
 """
 
 from __future__ import annotations
