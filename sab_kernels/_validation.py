@@ -62,5 +62,7 @@ def check_inputs(query, keys, values, score_weight, k_top, lengths: Optional[tor
 
 def check_lengths_values(lengths: torch.Tensor, T: int) -> None:
     """Lengths must lie in [0, T]; checked on real tensors (inside the op, not while tracing)."""
-    if lengths.numel() and (int(lengths.min()) < 0 or int(lengths.max()) > T):
-        raise ValueError(f"lengths must lie in [0, T] = [0, {T}], got min {int(lengths.min())}, max {int(lengths.max())}")
+    if lengths.numel():
+        lo, hi = (int(x) for x in torch.aminmax(lengths))
+        if lo < 0 or hi > T:
+            raise ValueError(f"lengths must lie in [0, T] = [0, {T}], got min {lo}, max {hi}")

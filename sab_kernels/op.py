@@ -22,17 +22,37 @@ def _prepare(tensors):
     return [t.contiguous() for t in tensors]
 
 
-@torch.library.custom_op("sab::sparse_attention_forward", mutates_args=())
-def _forward_op(
-    query: Tensor, keys: Tensor, values: Tensor, score_weight: Tensor, k_top: int, lengths: Tensor, backend: str
-) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+def forward_impl(query, keys, values, score_weight, k_top: int, lengths: Tensor, backend: str = "auto", check_lengths: bool = True):
+    """Run a backend's forward on validated inputs: (summary, weights, indices, threshold).
+
+    lengths (B,) int64 is required here (the public wrapper fills it in); `check_lengths=False` skips the
+    range check (one host sync) for callers that built lengths themselves. This is the body of
+    sab::sparse_attention_forward; the SAB memory calls it directly to skip the dispatcher per step.
+    """
     B, T, _ = keys.shape
-    check_lengths_values(lengths, T)
+    if check_lengths:
+        check_lengths_values(lengths, T)
     if B == 0:
         return _forward_fake(query, keys, values, score_weight, k_top, lengths, backend)
     impl = get_backend(resolve_backend(backend, query.device))
     query, keys, values, score_weight, lengths = _prepare((query, keys, values, score_weight, lengths))
     return tuple(impl.forward(query, keys, values, score_weight, k_top, lengths))
+
+
+def backward_impl(grad_summary, grad_weights, query, keys, values, score_weight, k_top: int, lengths, weights, indices, threshold, backend: str = "auto"):
+    """Run a backend's sparse backward: (grad_query, grad_keys, grad_values, grad_score_weight)."""
+    if keys.shape[0] == 0:
+        return _backward_fake(grad_summary, grad_weights, query, keys, values, score_weight, k_top, lengths, weights, indices, threshold, backend)
+    impl = get_backend(resolve_backend(backend, query.device))
+    args = _prepare((grad_summary, grad_weights, query, keys, values, score_weight))
+    return tuple(impl.backward(*args, k_top, *_prepare((lengths, weights, indices, threshold))))
+
+
+@torch.library.custom_op("sab::sparse_attention_forward", mutates_args=())
+def _forward_op(
+    query: Tensor, keys: Tensor, values: Tensor, score_weight: Tensor, k_top: int, lengths: Tensor, backend: str
+) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    return forward_impl(query, keys, values, score_weight, k_top, lengths, backend)
 
 
 @_forward_op.register_fake
@@ -62,11 +82,7 @@ def _backward_op(
     threshold: Tensor,
     backend: str,
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    if keys.shape[0] == 0:
-        return _backward_fake(grad_summary, grad_weights, query, keys, values, score_weight, k_top, lengths, weights, indices, threshold, backend)
-    impl = get_backend(resolve_backend(backend, query.device))
-    args = _prepare((grad_summary, grad_weights, query, keys, values, score_weight))
-    return tuple(impl.backward(*args, k_top, *_prepare((lengths, weights, indices, threshold))))
+    return backward_impl(grad_summary, grad_weights, query, keys, values, score_weight, k_top, lengths, weights, indices, threshold, backend)
 
 
 @_backward_op.register_fake
@@ -99,6 +115,29 @@ def _backward(ctx, grad_summary, grad_weights, _grad_indices, _grad_threshold):
 
 
 _forward_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+class _EagerSparseAttention(torch.autograd.Function):
+    """The same forward and backward as the custom op, without the dispatcher's per-call cost.
+
+    SAB calls the op once per time step at small sizes, where torch.library's Python machinery costs
+    more than the kernels; eager calls come here, traced (torch.compile) calls go to the custom op.
+    Both run `forward_impl`/`backward_impl`, so their results are bitwise equal (tested).
+    """
+
+    @staticmethod
+    def forward(ctx, query, keys, values, score_weight, k_top, lengths, backend, check_lengths):
+        summary, weights, indices, threshold = forward_impl(query, keys, values, score_weight, k_top, lengths, backend, check_lengths)
+        ctx.save_for_backward(query, keys, values, score_weight, lengths, weights, indices, threshold)
+        ctx.k_top, ctx.backend = k_top, backend
+        ctx.mark_non_differentiable(indices, threshold)
+        return summary, weights, indices, threshold
+
+    @staticmethod
+    def backward(ctx, grad_summary, grad_weights, _grad_indices, _grad_threshold):
+        query, keys, values, score_weight, lengths, weights, indices, threshold = ctx.saved_tensors
+        grads = backward_impl(grad_summary, grad_weights, query, keys, values, score_weight, ctx.k_top, lengths, weights, indices, threshold, ctx.backend)
+        return (*grads, None, None, None, None)
 
 
 def sparse_attention(
@@ -137,9 +176,15 @@ def sparse_attention(
     """
     check_inputs(query, keys, values, score_weight, k_top, lengths, backend)
     B, T, _ = keys.shape
-    if lengths is None:
-        lengths = torch.full((B,), T, dtype=torch.int64, device=keys.device)
-    else:
+    user_lengths = lengths is not None
+    if user_lengths:
         lengths = lengths.to(torch.int64)
-    summary, weights, indices, _ = _forward_op(query, keys, values, score_weight, k_top, lengths, backend)
+    else:
+        lengths = torch.full((B,), T, dtype=torch.int64, device=keys.device)
+    if torch.compiler.is_compiling():
+        summary, weights, indices, _ = _forward_op(query, keys, values, score_weight, k_top, lengths, backend)
+    else:
+        summary, weights, indices, _ = _EagerSparseAttention.apply(
+            query, keys, values, score_weight, k_top, lengths, backend, user_lengths
+        )
     return SparseAttentionOutput(summary, weights, indices)

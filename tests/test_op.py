@@ -129,3 +129,18 @@ def test_lengths_of_any_integer_dtype():
 )
 def test_hypothesis_reference_backend_matches_autograd(B, T, D, H, k_top, ragged, seed):
     check_backend("reference", Case(B, T, D, H, k_top, lengths="ragged" if ragged else "full"), torch.float64, seed=seed)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_eager_path_equals_the_custom_op_bitwise(backend):
+    """Eager calls skip the dispatcher (autograd.Function); traced calls use sab::sparse_attention_forward."""
+    q, k, v, w, L = make_inputs(Case(5, 30, 7, 6, 4, lengths="ragged"), torch.float32)
+    leaves = [t.requires_grad_(True) for t in (q, k, v, w)]
+    eager = sparse_attention(*leaves, 4, lengths=L, backend=backend)
+    op = torch.ops.sab.sparse_attention_forward(*leaves, 4, L.long(), backend)
+    for a, b in zip(eager, op[:3]):
+        assert torch.equal(a, b)
+    g_eager = torch.autograd.grad((eager.summary.sum() + eager.weights.square().sum()), leaves)
+    g_op = torch.autograd.grad((op[0].sum() + op[1].square().sum()), leaves)
+    for a, b in zip(g_eager, g_op):
+        assert torch.equal(a, b)

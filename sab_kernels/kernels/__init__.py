@@ -17,6 +17,7 @@ extension, falling back to the reference with a warning), "reference" (plain PyT
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 
@@ -39,6 +40,7 @@ def resolve_backend(backend: str, device: torch.device) -> str:
 _MODULES = {"triton": ".triton_backend", "cpu": ".cpu_backend", "reference": ".reference_backend"}
 
 
+@functools.lru_cache(maxsize=None)
 def get_backend(name: str):
     """The module implementing backend `name` (imported on first use, so triton is optional on CPU)."""
     return importlib.import_module(_MODULES[name], __name__)
