@@ -27,8 +27,11 @@ def main():
     runs.sort(key=lambda r: (r["group"], ORDER.get(r["model"], 9)))
     rows = []
     for r in runs:
+        curve = read_rows(os.path.join(r["dir"], "metrics.csv"))
+        best = max(curve, key=lambda c: c["acc10"])
         row = {"group": r["group"], "task": r["task"], "seq_len": r["seq_len"], "model": r["model"], "steps": r["step"],
-               "acc10": r["acc10"], "ce10": r["ce10"], "train_seconds": r["train_seconds"]}
+               "acc10": r["acc10"], "ce10": r["ce10"], "best_acc10": best["acc10"], "best_step": best["step"],
+               "train_seconds": r["train_seconds"]}
         for T, m in (r.get("transfer") or {}).items():
             row[f"acc10@T={T}"] = m["acc10"]
         rows.append(row)
@@ -44,13 +47,15 @@ def main():
 
     for group in sorted({r["group"] for r in rows}):
         g = [r for r in rows if r["group"] == group]
-        transfer = [k for k in fields if k.startswith("acc10@") and any(k in r for r in g)]
-        print(f"\n### {group}\n")
-        print("| model | steps | acc10 | CE10 | train time (s) | " + " | ".join(transfer) + " |")
-        print("|---" * (5 + len(transfer)) + "|")
+        transfer = sorted((k for k in fields if k.startswith("acc10@") and any(k in r for r in g)),
+                          key=lambda k: int(k.split("=")[1]))
+        print(f"\n### {group} (T={g[0]['seq_len']})\n")
+        print("| " + " | ".join(["model", "steps", "acc10", "CE10", "best acc10 (step)", "train time (s)", *transfer]) + " |")
+        print("|---" * (6 + len(transfer)) + "|")
         for r in g:
             cells = [LABEL.get(r["model"], r["model"]), r["steps"], f"{r['acc10']:.3f}", f"{r['ce10']:.3f}",
-                     f"{r['train_seconds']:.0f}"] + [f"{r[k]:.3f}" if k in r else "" for k in transfer]
+                     f"{r['best_acc10']:.3f} ({r['best_step']})", f"{r['train_seconds']:.0f}"]
+            cells += [f"{r[k]:.3f}" if k in r else "" for k in transfer]
             print("| " + " | ".join(str(c) for c in cells) + " |")
 
     import matplotlib
