@@ -10,6 +10,7 @@ CUDA when available (set SAB_BENCH_DEVICE=cpu to force the CPU); the fused colum
 compiled C++ kernels on CPU (the reference, with a warning, where they are not built).
 """
 
+import atexit
 import os
 
 import pytest
@@ -17,7 +18,7 @@ import torch
 
 from sab_kernels.bench.registry import MODES, OpCase, implementations
 from sab_kernels.bench.runner import mode_callables
-from sab_kernels.bench.timing import peak_memory
+from sab_kernels.bench.memory import MemoryMeter
 from sab_kernels.bench.verify import reference_result, verify
 
 DEVICE = os.environ.get("SAB_BENCH_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -25,6 +26,15 @@ DTYPE = "bfloat16" if DEVICE == "cuda" else "float32"
 CASES = [OpCase("T", B=8, T=T, D=64, H=64, k_top=8, dtype=DTYPE) for T in (256, 1024, 4096)]
 IMPLS = {impl.name: impl for impl in implementations(DEVICE)[0]}
 _verdicts = {}
+_meter = []
+
+
+def _memory() -> MemoryMeter:
+    """One memory meter for the session (on CPU a worker process measuring resident-set growth)."""
+    if not _meter:
+        _meter.append(MemoryMeter(DEVICE))
+        atexit.register(_meter[0].close)
+    return _meter[0]
 
 
 def _verified(case: OpCase, name: str):
@@ -61,6 +71,6 @@ def test_sparse_attention(benchmark, case, name, mode):
     benchmark.extra_info.update(impl=IMPLS[name].label, device=DEVICE, B=case.B, T=case.T, D=case.D, H=case.H,
                                 k_top=case.k_top, dtype=case.dtype)
     benchmark.pedantic(timed, setup=prepare, rounds=20, warmup_rounds=3, iterations=1)
-    peak = peak_memory(DEVICE, fn, setup, leaves)
+    peak = _memory().op(case, IMPLS[name], mode, fn, setup, leaves)
     if peak is not None:
         benchmark.extra_info["peak_mem_mib"] = round(peak / 2**20, 3)

@@ -161,6 +161,7 @@ class MemoryMeter:
         root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
         env[PROTOCOL_FD_ENV] = str(write_fd)
+        env["OMP_WAIT_POLICY"] = "PASSIVE"  # idle worker threads must not spin on cores the timing process uses
         try:
             self.proc = subprocess.Popen([sys.executable, "-m", "sab_kernels.bench.memory"], stdin=subprocess.PIPE,
                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, text=True,
