@@ -47,7 +47,7 @@ def _plot(results: dict, path: str, title: str) -> None:
 def main(argv: Optional[List[str]] = None) -> dict:
     p = argparse.ArgumentParser(prog="python -m sab_kernels.train_demo", description=__doc__.split("\n")[0])
     p.add_argument("--seq-len", type=int, default=10)
-    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--steps", type=int, default=1600)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--backend", default="auto")
