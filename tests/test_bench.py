@@ -142,7 +142,8 @@ def test_runner_and_report(tmp_path):
         assert impl.label in text
     assert "FAILED" in text and "weights" in text and "a note" in text
     assert "Time vs T, fwd+bwd" in text and "Peak memory vs T" in text
-    for name in ("results.md", "results.csv", "time_vs_T.png", "speedup_vs_T.png", "memory_vs_T.png"):
+    assert "## Headline" in text
+    for name in ("results.md", "results.csv", "headline.md", "time_vs_T.png", "speedup_vs_T.png", "memory_vs_T.png"):
         assert os.path.getsize(tmp_path / name) > 0, name
     with open(tmp_path / "results.csv") as f:
         lines = f.read().splitlines()

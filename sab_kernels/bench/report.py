@@ -277,6 +277,32 @@ def targets_table(rows: List[Dict], device: str) -> Optional[str]:
             + _table(["target"] + [f"T={T}" for T in Ts] + ["verdict"], body))
 
 
+def headline_table(rows: List[Dict]) -> Optional[str]:
+    """The README's table: fwd+bwd over T at the base sizes, time of each implementation, speed-ups, memory."""
+    op = [r for r in rows if r["section"] == "op" and r["sweep"] == "T" and r["mode"] == "fwd+bwd"]
+    if not op:
+        return None
+    impls = _impl_order(op)
+    get = {(r["T"], r["impl"]): r for r in op}
+    others = [(n, l) for n, l in impls if n != "fused"] if any(n == "fused" for n, _ in impls) else []
+    header = ["T"] + [f"{l} (ms)" for _, l in impls] + [f"vs {l}" for _, l in others]
+    has_mem = ("fused" in dict(impls)) and ("eager" in dict(impls))
+    if has_mem:
+        header += ["peak MiB fused / eager"]
+    body = []
+    for T in _x_values(op, "T"):
+        f = get.get((T, "fused"))
+        line = [str(T)] + [_num(get[(T, n)]["median_ms"]) if _ok(get.get((T, n))) else get.get((T, n), {}).get("status", "-")
+                           for n, _ in impls]
+        line += [f"{get[(T, n)]['median_ms'] / f['median_ms']:.1f}x" if _ok(f) and _ok(get.get((T, n))) else "-" for n, _ in others]
+        if has_mem:
+            fm, em = _mem(f), _mem(get.get((T, "eager")))
+            line.append(f"{_num(fm)} / {_num(em)}" if fm is not None and em is not None else "-")
+        body.append(line)
+    return (f"Forward + backward, {_base_desc(op, 'T')}; median ms; speed-up of the fused op; peak memory above the inputs.\n\n"
+            + _table(header, body))
+
+
 def overhead_table(rows: List[Dict]) -> Optional[str]:
     ov = [r for r in rows if r["section"] == "overhead"]
     if not ov:
@@ -347,6 +373,9 @@ def markdown(rows: List[Dict], env: Dict[str, str], notes: Sequence[str] = ()) -
     parts = ["# sab-kernels benchmark", _table(["", ""], [[k, v] for k, v in env.items()])]
     if notes:
         parts.append("Notes:\n" + "\n".join(f"- {n}" for n in notes))
+    head = headline_table(rows)
+    if head:
+        parts += ["## Headline", head]
     if any(r["section"] == "op" for r in rows):
         parts.append("## The op: fused vs eager reference vs torch.compile(reference) vs dense topk")
         parts.append(verification_summary(rows))
@@ -486,6 +515,11 @@ def write_all(out_dir: str, rows: List[Dict], env: Dict[str, str], notes: Sequen
     with open(paths[0], "w") as f:
         f.write(text)
     write_csv(paths[1], rows, env)
+    head = headline_table(rows)
+    if head:  # ready to paste into the top-level README
+        paths.append(os.path.join(out_dir, "headline.md"))
+        with open(paths[-1], "w") as f:
+            f.write(f"{head}\n\n<sub>{env_line(env)}</sub>\n")
     if with_plots:
         paths += plots(out_dir, rows, env)
     return text, paths
