@@ -4,8 +4,8 @@ Time (median, 25th and 75th percentiles, in ms):
   CUDA: `triton.testing.do_bench` (it warms up, clears L2 before every run and times with CUDA events).
         When a run needs untimed preparation (the backward mode needs a fresh forward each time), the same
         recipe is written out: clear L2, prepare, then time only the measured call with CUDA events.
-  CPU:  a `time.perf_counter` loop: warm-up calls, then repeated calls until both a minimum count (3 when
-        one call takes longer than the whole budget) and a time budget are reached; the garbage collector
+  CPU:  a `time.perf_counter` loop: warm-up calls, then repeated calls until both a minimum count and a
+        time budget are reached (one warm-up and 3 runs when one call takes longer than the whole budget); the garbage collector
         is off while timing. Untimed preparation runs
         before each timed call. Gradients are reset to None before every run on both devices.
 
@@ -75,10 +75,12 @@ def time_cpu(fn: Callable, setup: Optional[Callable[[], Any]] = None, grads_of=(
         fn(arg) if setup is not None else fn()
         return time.perf_counter() - t0
 
-    warm = [once() for _ in range(cfg.warmup)]
-    min_reps = cfg.min_reps
-    if warm and min(warm) > cfg.budget_s:  # seconds per call: fewer runs, the spread says how stable they are
-        min_reps = min(min_reps, 3)
+    min_reps, warm = cfg.min_reps, []
+    for _ in range(cfg.warmup):
+        warm.append(once())
+        if warm[-1] > cfg.budget_s:  # seconds per call: one warm-up and 3 runs; the spread shows how stable they are
+            min_reps = min(min_reps, 3)
+            break
     times = []
     gc.collect()
     gc.disable()
