@@ -77,6 +77,13 @@ def main(argv=None) -> int:
         copy_bw = report.measured_copy_bandwidth()
     env = report.environment(device, peak_bw, copy_bw)
     notes: List[str] = []
+    if "BUSY" in env["load average at start"] and torch.get_num_threads() > 1:
+        busy = (f"BUSY machine: load average {env['load average at start'].split()[0]} on {os.cpu_count()} cores at the start. "
+                f"With {torch.get_num_threads()} torch threads competing with other processes, OpenMP threads wait on "
+                "each other and multi-threaded ops can be slowed many times over, which distorts every comparison. "
+                "Rerun on a quiet machine, or with --threads 1.")
+        notes.append(busy)
+        print(f"warning: {busy}", file=sys.stderr)
 
     # Plan everything first, so the progress bar knows its length.
     cases, impls = [], []
