@@ -429,6 +429,11 @@ def plots(out_dir: str, rows: List[Dict], env: Dict[str, str]) -> List[str]:
         plt.close(fig)
         written.append(path)
 
+    styles = [dict(ls="-", marker="o"), dict(ls="--", marker="s"), dict(ls="-.", marker="^"), dict(ls=":", marker="D")]
+
+    def style(i):  # distinct line styles so implementations with equal values stay visible
+        return styles[i % len(styles)]
+
     def t_ticks(ax, rs):
         ts = sorted({r["T"] for r in rs if is_number(r.get("T"))})
         if ts:
@@ -442,10 +447,10 @@ def plots(out_dir: str, rows: List[Dict], env: Dict[str, str]) -> List[str]:
     if op and modes:
         fig, axes = plt.subplots(1, len(modes), figsize=(5 * len(modes), 4), squeeze=False)
         for ax, mode in zip(axes[0], modes):
-            for n, l in impls:
+            for i, (n, l) in enumerate(impls):
                 xs, rs = series(op, mode, n, "median_ms")
                 if xs:
-                    ax.loglog(xs, [r["median_ms"] for r in rs], marker="o", label=l)
+                    ax.loglog(xs, [r["median_ms"] for r in rs], label=l, **style(i))
                     ax.fill_between(xs, [r["p25_ms"] for r in rs], [r["p75_ms"] for r in rs], alpha=0.2)
             ax.set(title=mode, xlabel="T (memory slots)", ylabel="time (ms)")
             t_ticks(ax, op)
@@ -458,13 +463,13 @@ def plots(out_dir: str, rows: List[Dict], env: Dict[str, str]) -> List[str]:
             for ax, mode in zip(axes[0], modes):
                 fx, fr = series(op, mode, "fused", "median_ms")
                 fused = dict(zip(fx, fr))
-                for n, l in impls:
+                for i, (n, l) in enumerate(impls):
                     if n == "fused":
                         continue
                     xs, rs = series(op, mode, n, "median_ms")
                     pts = [(x, r["median_ms"] / fused[x]["median_ms"]) for x, r in zip(xs, rs) if x in fused]
                     if pts:
-                        ax.semilogx([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"vs {l}")
+                        ax.semilogx([p[0] for p in pts], [p[1] for p in pts], label=f"vs {l}", **style(i))
                 ax.axhline(1.0, color="gray", lw=1, ls="--")
                 ax.set(title=mode, xlabel="T (memory slots)", ylabel="speed-up of fused (x)")
                 t_ticks(ax, op)
@@ -475,11 +480,11 @@ def plots(out_dir: str, rows: List[Dict], env: Dict[str, str]) -> List[str]:
         if any(is_number(r.get("peak_mem_mib")) for r in op):
             fig, axes = plt.subplots(1, len(modes), figsize=(5 * len(modes), 4), squeeze=False)
             for ax, mode in zip(axes[0], modes):
-                for n, l in impls:
+                for i, (n, l) in enumerate(impls):
                     xs, rs = series(op, mode, n, "peak_mem_mib")
                     pts = [(x, r["peak_mem_mib"]) for x, r in zip(xs, rs) if r["peak_mem_mib"] > 0]
                     if pts:
-                        ax.loglog([p[0] for p in pts], [p[1] for p in pts], marker="o", label=l)
+                        ax.loglog([p[0] for p in pts], [p[1] for p in pts], label=l, **style(i))
                 ax.set(title=mode, xlabel="T (memory slots)", ylabel="peak MiB above inputs")
                 t_ticks(ax, op)
                 ax.grid(True, which="both", alpha=0.3)
@@ -489,13 +494,13 @@ def plots(out_dir: str, rows: List[Dict], env: Dict[str, str]) -> List[str]:
     lr = [r for r in rows if r["section"] == "lstm"]
     if lr:
         fig, axes = plt.subplots(1, 2, figsize=(10, 4), squeeze=False)
-        for n, l in _impl_order(lr):
+        for i, (n, l) in enumerate(_impl_order(lr)):
             xs, rs = series(lr, "train step", n, "median_ms")
             if xs:
-                axes[0][0].loglog(xs, [r["median_ms"] for r in rs], marker="o", label=l)
+                axes[0][0].loglog(xs, [r["median_ms"] for r in rs], label=l, **style(i))
             xs, rs = series(lr, "train step", n, "peak_mem_mib")
             if xs:
-                axes[0][1].loglog(xs, [max(r["peak_mem_mib"], 1e-3) for r in rs], marker="o", label=l)
+                axes[0][1].loglog(xs, [max(r["peak_mem_mib"], 1e-3) for r in rs], label=l, **style(i))
         axes[0][0].set(title="training step time", xlabel="T (sequence length)", ylabel="ms per step")
         axes[0][1].set(title="peak memory", xlabel="T (sequence length)", ylabel="MiB above inputs")
         for ax in axes[0]:
