@@ -3,7 +3,9 @@
 One forward and one backward on the very inputs that will be timed, with a fixed random upstream gradient
 on both outputs (summary and weights). Checked: `indices` exactly, `summary` and `weights`, then the
 gradients of query, keys, values and score_weight, each with `torch.allclose`-style tolerances per dtype
-(the same tolerances as the test suite). An implementation that fails is reported as FAIL and not timed.
+(the same tolerances as the test suite); a gradient outside them still passes if its relative RMS error is
+small (GRAD_REL_RMS: ill-conditioned gradients such as k_top = 1's). An implementation that fails is
+reported as FAIL and not timed.
 """
 
 from __future__ import annotations
@@ -26,6 +28,11 @@ BACKWARD_TOL = {
     torch.float16: (5e-3, 5e-3),
     torch.bfloat16: (4e-2, 4e-2),
 }
+# A gradient that misses the elementwise tolerance still passes when its relative RMS error
+# ||actual - expected|| / ||expected|| is below this: with k_top = 1 the weight is r / (r + 1e-7), so close
+# to 1 that its gradient is a cancellation, and every float32 implementation (the eager reference included)
+# carries about 0.1-1% relative error there. Wrong gradients (a missing row, a wrong factor) are far off.
+GRAD_REL_RMS = {torch.float64: 1e-8, torch.float32: 1e-2, torch.float16: 2e-2, torch.bfloat16: 5e-2}
 GRAD_NAMES = ("query", "keys", "values", "score_weight")
 
 
@@ -76,6 +83,14 @@ def _excess(actual: torch.Tensor, expected: torch.Tensor, atol: float, rtol: flo
     return float(ratio.nan_to_num(nan=float("inf")).max()) if ratio.numel() else 0.0
 
 
+def _rel_rms(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    a, e = actual.double(), expected.double()
+    if a.shape != e.shape or not torch.isfinite(a).all() or not torch.isfinite(e).all():
+        return float("inf")
+    norm = e.norm().item()
+    return (a - e).norm().item() / norm if norm > 0 else (0.0 if a.norm().item() == 0 else float("inf"))
+
+
 def compare(actual: Result, expected: Result, dtype: torch.dtype) -> Verdict:
     """Check `actual` against `expected` (the reference's result) with the tolerances of `dtype`."""
     if actual.indices.shape != expected.indices.shape or not torch.equal(actual.indices.cpu(), expected.indices.cpu()):
@@ -87,6 +102,8 @@ def compare(actual: Result, expected: Result, dtype: torch.dtype) -> Verdict:
     checks += [(f"grad {n}", a, e, BACKWARD_TOL[dtype]) for n, a, e in zip(GRAD_NAMES, actual.grads, expected.grads)]
     for name, a, e, (atol, rtol) in checks:
         excess = _excess(a, e, atol, rtol)
+        if not excess <= 1.0 and name.startswith("grad") and _rel_rms(a, e) <= GRAD_REL_RMS[dtype]:
+            excess = 1.0  # ill-conditioned but within the relative RMS bound (see GRAD_REL_RMS)
         worst = max(worst, excess)
         if not excess <= 1.0:
             diff = (a.double() - e.double()).abs().max().item() if a.shape == e.shape else float("nan")
