@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 TRITON_SPEC ?= triton==3.7.1
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench bench-quick bench-cuda clean
 
 $(VENV)/.installed: setup.py $(wildcard csrc/*.cpp csrc/*.h)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,12 @@ test: install
 
 bench: install
 	$(PY) -m sab_kernels.bench --out bench/results/cpu
+
+bench-quick: install
+	$(PY) -m sab_kernels.bench --quick --out bench/results/cpu-quick
+
+bench-cuda: install
+	$(PY) -m sab_kernels.bench --device cuda --out bench/results/cuda
 
 clean:
 	rm -rf $(VENV) build *.egg-info sab_kernels/_C*.so
