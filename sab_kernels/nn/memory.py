@@ -65,17 +65,23 @@ class _SparseReplay(torch.autograd.Function):
             grad_summary, grad_weights, query, ctx.keys, ctx.values, score_weight, ctx.k_top, ctx.lengths,
             weights, indices, threshold, ctx.backend,
         )
-        # Only the k selected rows and the threshold row of each batch row carry gradient: gather them.
+        # Only the k selected rows and the threshold row of each batch row carry gradient: pick them out of
+        # the flattened (B * capacity) rows with index_select (cheaper than gather with expanded indices).
         D, H = key_weight.shape
+        B, cap = g_keys.shape[0], g_keys.shape[1]
         rows = torch.cat([indices, threshold[:, None]], 1)  # (B, k+1), -1 where unused
         valid = (rows >= 0).unsqueeze(-1)
-        at = rows.clamp(min=0).unsqueeze(-1)
-        g_k = g_keys.gather(1, at.expand(-1, -1, D)) * valid  # (B, k+1, D)
-        g_v = g_values.gather(1, at.expand(-1, -1, H)) * valid  # (B, k+1, H)
+        slot = rows.clamp(min=0)
+        batch = torch.arange(B, device=rows.device)[:, None]
+        flat = (batch * cap + slot).reshape(-1)
+        g_k = g_keys.reshape(B * cap, D).index_select(0, flat).view(B, -1, D) * valid  # (B, k+1, D)
+        g_v = g_values.reshape(B * cap, H).index_select(0, flat).view(B, -1, H) * valid  # (B, k+1, H)
+        m = ctx.values.reshape(B * cap, H).index_select(0, flat)  # (B (k+1), H) the slots themselves
         # k_i = W_m m_i: fold the key gradient into the slot's (W_m^T dk) and into W_m's (dk m_i^T).
-        g_key_weight = g_k.reshape(-1, D).t() @ ctx.values.gather(1, at.expand(-1, -1, H)).reshape(-1, H)
-        g_rows = torch.baddbmm(g_v, g_k, key_weight.expand(g_k.shape[0], D, H))  # (B, k+1, H)
-        g_slots = g_rows.new_zeros((g_rows.shape[0], ctx.n, H)).scatter_add_(1, at.expand(-1, -1, H), g_rows)
+        g_key_weight = g_k.reshape(-1, D).t() @ m
+        g_rows = torch.addmm(g_v.reshape(-1, H), g_k.reshape(-1, D), key_weight)  # (B (k+1), H)
+        g_slots = g_rows.new_zeros((B * ctx.n, H)).index_add_(0, (batch * ctx.n + slot).reshape(-1), g_rows)
+        g_slots = g_slots.view(B, ctx.n, H)
         # Slots chosen by any batch row (or holding a threshold) get gradient; all others None (never visited).
         touched = set(rows.reshape(-1).tolist())
         touched.discard(-1)
