@@ -12,6 +12,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(HERE))))
 from sab_kernels.train import read_rows  # noqa: E402
 
 ORDER = {"sab": 0, "dense": 1, "tbptt": 2, "bptt": 3, "lstm": 4}
+COLOR = {"sab": "C0", "dense": "C4", "tbptt": "C1", "bptt": "C3", "lstm": "C2"}
 LABEL = {"sab": "SAB (sparse replay)", "dense": "SAB-dense (softmax over all slots)", "tbptt": "truncated BPTT",
          "bptt": "full BPTT (SABLSTM, no memory)", "lstm": "full BPTT (torch.nn.LSTM)"}
 
@@ -64,13 +65,18 @@ def main():
     import matplotlib.pyplot as plt
 
     groups = sorted({r["group"] for r in runs})
-    fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 3.6), squeeze=False)
-    for ax, group in zip(axes[0], groups):
+    ncols = min(4, len(groups))
+    nrows = -(-len(groups) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5 * ncols, 3.8 * nrows), squeeze=False)
+    for ax in axes.flat[len(groups):]:
+        ax.axis("off")
+    for ax, group in zip(axes.flat, groups):
         for r in [r for r in runs if r["group"] == group]:
             curve = read_rows(os.path.join(r["dir"], "metrics.csv"))
-            ax.plot([c["step"] for c in curve], [c["acc10"] for c in curve], marker=".", label=LABEL.get(r["model"], r["model"]))
+            ax.plot([c["step"] for c in curve], [c["acc10"] for c in curve], marker=".", label=LABEL.get(r["model"], r["model"]),
+                    color=COLOR.get(r["model"]))
         ax.axhline(0.125, color="gray", ls=":", label="chance (1/8)")
-        ax.set_title(f"copy, {group}")
+        ax.set_title(f"{group} (T={[r for r in runs if r['group'] == group][0]['seq_len']})")
         ax.set_xlabel("step")
         ax.set_ylabel("last-10 accuracy")
         ax.grid(alpha=0.3)
