@@ -15,19 +15,8 @@ from typing import Callable, List, Optional, Sequence
 
 import torch
 
-# (atol, rtol) per dtype; the same numbers as tests/op_cases.py.
-FORWARD_TOL = {
-    torch.float64: (1e-10, 1e-10),
-    torch.float32: (2e-5, 2e-5),
-    torch.float16: (2e-3, 2e-3),
-    torch.bfloat16: (2e-2, 2e-2),
-}
-BACKWARD_TOL = {
-    torch.float64: (1e-9, 1e-9),
-    torch.float32: (1e-4, 1e-4),
-    torch.float16: (5e-3, 5e-3),
-    torch.bfloat16: (4e-2, 4e-2),
-}
+from ..testing import BACKWARD_TOL, FORWARD_TOL  # the test suite's tolerances
+
 # A gradient that misses the elementwise tolerance still passes when its relative RMS error
 # ||actual - expected|| / ||expected|| is below this: with k_top = 1 the weight is r / (r + 1e-7), so close
 # to 1 that its gradient is a cancellation, and every float32 implementation (the eager reference included)
