@@ -217,3 +217,72 @@ def test_build_model_kinds_run():
         assert not missing, f"{kind}: no gradient for {missing}"
     with pytest.raises(ValueError, match="kind"):
         build_model("gru", 3, 5, 4)
+
+
+def test_step_autograd_inputs_do_not_grow_with_slots():
+    """The attention and write nodes of a step take a fixed set of inputs, whatever the number of slots:
+    per-step autograd work is O(1) in the memory size (gradient reaches slots through the mailbox)."""
+    torch.manual_seed(0)
+    mem = SparseAttentiveMemory(4, 3, k_top=2, backend=BACKEND)
+    h = torch.randn(2, 4, requires_grad=True)
+    mem.reset(h * 1.0, capacity=2)  # small: the buffer grows (and the mailbox with it) along the way
+    attend_inputs, write_inputs = set(), set()
+    for i in range(40):
+        att = mem.attend(h * 0.5)
+        attend_inputs.add(len(att.summary.grad_fn.next_functions))
+        mem.append(h * float(i))
+        write_inputs.add(len(mem._token.grad_fn.next_functions))
+    assert mem.size == 41
+    assert len(attend_inputs) == 1 and len(write_inputs) == 1, (attend_inputs, write_inputs)
+    assert attend_inputs.pop() <= 8  # query, score_weight, key_weight, token and non-tensor slots
+
+
+def test_backward_twice_with_retain_graph_matches_naive():
+    """A second backward over the retained graph adds the same gradients again (the mailbox is emptied as
+    it is read), exactly as for the naive autograd twin."""
+    torch.manual_seed(0)
+    core = SABLSTM(3, 5, k_top=2, k_att=1, k_trunc=4, attn_dim=4, backend=BACKEND).double()
+    x = torch.randn(17, 2, 3, dtype=torch.float64)
+    out, _ = core(x)
+    ref = naive_sab(core, x)
+    weight = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=out.dtype)
+    grads = []
+    for y in (out, ref):
+        core.zero_grad()
+        (y * weight).sum().backward(retain_graph=True)
+        once = {n: p.grad.clone() for n, p in core.named_parameters()}
+        (y * weight).sum().backward()
+        grads.append({n: p.grad.clone() for n, p in core.named_parameters()})
+        for n in once:
+            torch.testing.assert_close(grads[-1][n], 2 * once[n], msg=n)
+    for name in grads[1]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], atol=1e-9, rtol=1e-9, msg=name)
+
+
+def test_partial_backward_leaves_no_stale_mailbox():
+    """torch.autograd.grad with `inputs` skips the writes that lead to none of them (here slot 0's, from the
+    initial state): the gradient that pass left in their mailbox must not leak into a later full backward."""
+    torch.manual_seed(0)
+    core = SABLSTM(3, 5, k_top=2, k_att=1, k_trunc=4, attn_dim=4, backend=BACKEND).double()
+    x = torch.randn(17, 2, 3, dtype=torch.float64)
+    h0, c0 = (t.requires_grad_(True) for t in _random_state(2, 5))
+
+    def loss_of_fresh_forward():
+        out, _ = core(x, (h0, c0))
+        return out.square().sum()
+
+    loss = loss_of_fresh_forward()
+    core.zero_grad()
+    loss.backward()
+    want_h0 = h0.grad.clone()
+    want = {n: p.grad.clone() for n, p in core.named_parameters()}
+    assert want_h0.abs().sum() > 0
+
+    h0.grad = None
+    core.zero_grad()
+    loss = loss_of_fresh_forward()
+    torch.autograd.grad(loss, [core.memory.score_weight], retain_graph=True)
+    loss.backward()
+    torch.testing.assert_close(h0.grad, want_h0, atol=1e-12, rtol=1e-12)
+    for n, p in core.named_parameters():
+        torch.testing.assert_close(p.grad, want[n], atol=1e-12, rtol=1e-12, msg=n)

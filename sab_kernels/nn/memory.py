@@ -1,28 +1,40 @@
 """`SparseAttentiveMemory`: the SAB memory, its scoring MLP and sparse attention over it (SPEC section 2).
 
-The memory holds slots m_i (B, H) and their cached keys W_m m_i (B, D). Two copies of each slot exist:
-  - a preallocated buffer (B, capacity, H/D), written in place under no_grad (doubling when full), which
-    the op reads whole with lengths = n (contiguous, never copied): writing a slot costs one (H x D) key
-    projection and O(H + D) stores per row, not a copy of the memory;
-  - the graph-connected slot tensors (the h_t that was appended), kept in a Python list.
-`attend` runs a custom autograd Function whose forward calls the raw op on the buffer views and whose
-backward calls the op's sparse backward, folds the key gradient into the slot gradient
-(dL/dm_i = dL/dv_i + W_m^T dL/dk_i, and dL/dW_m in one matmul) and hands gradient only to the slot tensors
-that were selected (or held the threshold score); every other slot gets None, so autograd never walks into
-its graph. That is sparse replay: gradient re-enters the past only at the slots the op chose.
+The memory holds slots m_i (B, H) and their cached keys W_m m_i (B, D) in a preallocated buffer
+(B, capacity, H/D), written in place under no_grad (doubling when full), which the op reads whole with
+lengths = n (contiguous, never copied): writing a slot costs one (H x D) key projection and O(H + D) stores
+per row, not a copy of the memory.
+
+Sparse replay with O(1) autograd work per step ("gradient mailbox" and a token chain):
+  - `append(h)` writes slot j and links it into a chain of 0-dim tokens: token_{j+1} = _Write(token_j, h).
+    The Function's only job is backward: it hands slot j's gradient to h (into h's own graph).
+  - `attend` runs _Attend(query, w, W_m, token_n): its inputs do not grow with n. Its backward runs the op's
+    sparse backward on the k selected slots and the threshold slot only (gathered into a compact (B, k+1)
+    problem, so nothing of size n is touched), folds the key gradient into the slot gradient
+    (dL/dm_i = dL/dv_i + W_m^T dL/dk_i, and dL/dW_m in one matmul), and adds those k+1 rows per batch row
+    into a per-sequence mailbox (slot-major ((n+1) B, H), the first B rows a sink for unused entries), marking
+    the slots touched.
+  - _Write j's backward returns the mailbox rows of slot j if some attention touched it, and None otherwise,
+    so autograd never walks into an unselected slot's graph. That is sparse replay: gradient re-enters the
+    past only at the slots the op chose.
+Why the mailbox is complete when _Write j reads it: the autograd engine runs a node only after every node
+that consumes its outputs (and is reachable from the root) has run. _Write j's output token_{j+1} is consumed,
+through the token chain, by every later _Attend and _Write, so every attention that could select slot j
+(those over n > j slots) has run its backward, and written its share, before _Write j runs, however the
+main h/c chain was truncated. The engine runs the graph in a fixed order on one thread per device, so the
+mailbox sums are bitwise reproducible. The mailbox is emptied as _Write reads it (and reallocated when a new
+backward pass finds stale rows, e.g. after torch.autograd.grad skipped some _Write nodes), so backward with
+retain_graph can run again.
 """
 
 from __future__ import annotations
 
-from typing import List, NamedTuple, Optional
+from typing import List, NamedTuple, Optional, Set
 
 import torch
 from torch import Tensor, nn
 
-import sab_kernels.op  # noqa: F401 - registers torch.ops.sab.*
-
-_forward_op = torch.ops.sab.sparse_attention_forward
-_backward_op = torch.ops.sab.sparse_attention_backward
+from sab_kernels.op import backward_impl, forward_impl
 
 
 class Attention(NamedTuple):
@@ -34,62 +46,138 @@ class Attention(NamedTuple):
     threshold: Tensor
 
 
-class _SparseReplay(torch.autograd.Function):
-    """summary = op(query, keys[:, :n], values[:, :n], w); gradient flows to the selected slot tensors only.
+class _Mailbox:
+    """Gradient mailbox of one sequence: slot j's rows are [(j+1) B, (j+2) B) of `grads` ((n+1) B, H), the
+    first B rows a sink for unused entries), `touched` the slots holding gradient. Holds no graph tensor, so the
+    autograd nodes that reference it make no reference cycle."""
 
-    Inputs: (memory, n, k_top, backend, query (B, D), score_weight (D,), key_weight W_m (D, H),
-    *value_slots (n x (B, H))). Keys are W_m m_i, cached in the buffer. The buffer views are held by
-    reference: slots below n never change.
+    __slots__ = ("B", "H", "n", "grads", "touched", "pass_id", "cache")
+
+    def __init__(self, B: int, H: int):
+        self.B, self.H, self.n = B, H, 0
+        self.grads: Optional[Tensor] = None
+        self.touched: Set[int] = set()
+        self.pass_id = -1
+        self.cache: dict = {}
+
+    def open(self, like: Tensor) -> Tensor:
+        """The mailbox for the current backward pass, (n B + 1, H), all rows of untouched slots zero."""
+        pass_id = torch._C._current_graph_task_id()
+        grads = self.grads
+        if pass_id != self.pass_id:
+            # A new pass: rows left over from an earlier pass that did not run every _Write (e.g.
+            # torch.autograd.grad with `inputs`) are stale; start from zeros.
+            self.pass_id = pass_id
+            if self.touched:
+                self.touched = set()
+                grads = None
+        if grads is None or grads.shape[0] < (self.n + 1) * self.B:
+            # Slots written so far: no _Attend of this sequence can touch a slot past them.
+            grads = like.new_zeros(((self.n + 1) * self.B, self.H))
+            self.grads = grads
+        return grads
+
+    def constants(self, B: int, k: int, Tc: int, cap: int, device) -> tuple:
+        """Index constants of the compact backward, cached per shape: (batch * cap (B, 1), arange(k)
+        (B, k), lengths Tc (B,), batch + B (B, 1))."""
+        key = (k, Tc, cap)
+        c = self.cache.get(key)
+        if c is None:
+            batch = torch.arange(B, device=device)[:, None]
+            pos = torch.arange(k, device=device).expand(B, k)
+            c = (batch * cap, pos, torch.full((B,), Tc, dtype=torch.int64, device=device), batch + B)
+            self.cache[key] = c
+        return c
+
+    def take(self, j: int) -> Optional[Tensor]:
+        """Slot j's gradient (B, H) and empty its rows; None when no attention of this pass touched it."""
+        if self.pass_id != torch._C._current_graph_task_id() or j not in self.touched:
+            return None
+        self.touched.discard(j)
+        rows = self.grads[(j + 1) * self.B : (j + 2) * self.B]
+        g = rows.clone()
+        rows.zero_()
+        return g
+
+
+class _Write(torch.autograd.Function):
+    """token_{j+1} = _Write(token_j, h_j): forward writes nothing (the buffer write is done by `append`);
+    backward gives h_j the gradient its mailbox collected, or None (h_j's graph is then never visited)."""
+
+    @staticmethod
+    def forward(ctx, mailbox, j, token, h):
+        ctx.mailbox, ctx.j = mailbox, j
+        ctx.set_materialize_grads(False)
+        return token.new_empty(())
+
+    @staticmethod
+    def backward(ctx, grad_token):
+        g = ctx.mailbox.take(ctx.j)  # always taken: empties the rows even when h needs no gradient
+        return None, None, grad_token, (g if ctx.needs_input_grad[3] else None)
+
+
+class _Attend(torch.autograd.Function):
+    """summary = op(query, keys[:, :n], values[:, :n], w); slot gradients go to the mailbox.
+
+    Inputs: (mailbox, keys, values, n, k_top, backend, query (B, D), score_weight (D,), key_weight W_m (D, H),
+    token_n). keys/values are the whole buffers at this step (rows below n never change afterwards);
+    token_n orders this node's backward before that of every _Write of a slot below n.
     """
 
     @staticmethod
-    def forward(ctx, memory, n, k_top, backend, query, score_weight, key_weight, *slots):
-        # The whole preallocated buffer goes to the op with lengths = n: contiguous, so nothing is copied,
-        # and the kernels read only slots below n. Later writes land at rows >= n, which this step never reads.
-        keys, values = memory._keys, memory._values
+    def forward(ctx, mailbox, keys, values, n, k_top, backend, query, score_weight, key_weight, token):
         lengths = torch.full((query.shape[0],), n, dtype=torch.int64, device=query.device)
-        summary, weights, indices, threshold = _forward_op(query, keys, values, score_weight, k_top, lengths, backend)
+        summary, weights, indices, threshold = forward_impl(
+            query, keys, values, score_weight, k_top, lengths, backend, check_lengths=False
+        )
         ctx.save_for_backward(query, score_weight, key_weight, weights, indices, threshold)
-        ctx.keys, ctx.values, ctx.lengths, ctx.n, ctx.k_top, ctx.backend = keys, values, lengths, n, k_top, backend
+        ctx.mailbox, ctx.keys, ctx.values, ctx.k_top, ctx.backend = mailbox, keys, values, k_top, backend
         ctx.mark_non_differentiable(indices, threshold)
+        ctx.set_materialize_grads(False)
         return summary, weights, indices, threshold
 
     @staticmethod
     def backward(ctx, grad_summary, grad_weights, _gi, _gt):
         query, score_weight, key_weight, weights, indices, threshold = ctx.saved_tensors
+        keys, values, k_top = ctx.keys, ctx.values, ctx.k_top
+        B, cap, D = keys.shape
+        H = values.shape[2]
+        k = indices.shape[1]
         if grad_summary is None:
-            grad_summary = torch.zeros_like(ctx.values[:, 0])
+            grad_summary = values.new_zeros((B, H))
         if grad_weights is None:
             grad_weights = torch.zeros_like(weights)
-        g_query, g_keys, g_values, g_w = _backward_op(
-            grad_summary, grad_weights, query, ctx.keys, ctx.values, score_weight, ctx.k_top, ctx.lengths,
-            weights, indices, threshold, ctx.backend,
+        # The backward reads only the selected rows and the threshold row: gather them into a compact problem
+        # of Tc rows (entry j < k is selected entry j, entry k the threshold slot). With k < k_top (a buffer
+        # smaller than k_top) no row has a threshold, and Tc = k keeps the op's k = min(k_top, Tc) = k.
+        mailbox = ctx.mailbox
+        sparse = k == k_top
+        rows = torch.cat([indices, threshold[:, None]], 1) if sparse else indices  # (B, Tc), -1 where unused
+        Tc = rows.shape[1]
+        batch_cap, pos, lengths_c, batch_sink = mailbox.constants(B, k, Tc, cap, rows.device)
+        flat = (batch_cap + rows.clamp(min=0)).reshape(-1)
+        k_c = keys.reshape(B * cap, D).index_select(0, flat).view(B, Tc, D)
+        v_c = values.reshape(B * cap, H).index_select(0, flat).view(B, Tc, H)  # the slots m_i themselves
+        idx_c = torch.where(indices >= 0, pos, indices)
+        thr_c = torch.where(threshold >= 0, k, threshold) if sparse else threshold
+        g_query, g_k, g_v, g_w = backward_impl(
+            grad_summary, grad_weights, query, k_c, v_c, score_weight, k_top, lengths_c,
+            weights, idx_c, thr_c, ctx.backend,
         )
-        # Only the k selected rows and the threshold row of each batch row carry gradient: pick them out of
-        # the flattened (B * capacity) rows with index_select (cheaper than gather with expanded indices).
-        D, H = key_weight.shape
-        B, cap = g_keys.shape[0], g_keys.shape[1]
-        rows = torch.cat([indices, threshold[:, None]], 1)  # (B, k+1), -1 where unused
-        valid = (rows >= 0).unsqueeze(-1)
-        slot = rows.clamp(min=0)
-        batch = torch.arange(B, device=rows.device)[:, None]
-        flat = (batch * cap + slot).reshape(-1)
-        g_k = g_keys.reshape(B * cap, D).index_select(0, flat).view(B, -1, D) * valid  # (B, k+1, D)
-        g_v = g_values.reshape(B * cap, H).index_select(0, flat).view(B, -1, H) * valid  # (B, k+1, H)
-        m = ctx.values.reshape(B * cap, H).index_select(0, flat)  # (B (k+1), H) the slots themselves
-        # k_i = W_m m_i: fold the key gradient into the slot's (W_m^T dk) and into W_m's (dk m_i^T).
-        g_key_weight = g_k.reshape(-1, D).t() @ m
-        g_rows = torch.addmm(g_v.reshape(-1, H), g_k.reshape(-1, D), key_weight)  # (B (k+1), H)
-        g_slots = g_rows.new_zeros((B * ctx.n, H)).index_add_(0, (batch * ctx.n + slot).reshape(-1), g_rows)
-        g_slots = g_slots.view(B, ctx.n, H)
-        # Slots chosen by any batch row (or holding a threshold) get gradient; all others None (never visited).
-        touched = set(rows.reshape(-1).tolist())
+        # Unused entries have exactly zero gradient (and go to a sink row below).
+        g_key_weight = None
+        if ctx.needs_input_grad[8]:
+            # k_i = W_m m_i: dL/dW_m = sum_i dk_i m_i^T.
+            g_key_weight = g_k.reshape(-1, D).t() @ v_c.reshape(-1, H)
+        # dL/dm_i = dL/dv_i + W_m^T dk_i, into the mailbox: row (slot + 1) B + b, so unused entries (slot -1)
+        # land in the sink rows [0, B).
+        g_rows = torch.addmm(g_v.reshape(-1, H), g_k.reshape(-1, D), key_weight)  # (B Tc, H)
+        grads = mailbox.open(g_rows)
+        grads.index_add_(0, (rows * B + batch_sink).reshape(-1), g_rows)  # distinct rows (but the sink): deterministic
+        touched = mailbox.touched
+        touched.update(rows.reshape(-1).tolist())
         touched.discard(-1)
-        per_slot = g_slots.unbind(1)
-        grads: List[Optional[Tensor]] = [None] * ctx.n
-        for i in touched:
-            grads[i] = per_slot[i]
-        return (None, None, None, None, g_query, g_w, g_key_weight, *grads)
+        return None, None, None, None, None, None, g_query, g_w, g_key_weight, None
 
 
 class SparseAttentiveMemory(nn.Module):
@@ -119,6 +207,8 @@ class SparseAttentiveMemory(nn.Module):
         self._values: Optional[Tensor] = None
         self._keys: Optional[Tensor] = None
         self._value_slots: List[Tensor] = []
+        self._mailbox: Optional[_Mailbox] = None
+        self._token: Optional[Tensor] = None  # head of the token chain (None without autograd)
 
     @property
     def size(self) -> int:
@@ -148,17 +238,28 @@ class SparseAttentiveMemory(nn.Module):
         self._values = h0.new_zeros((B, capacity, H))
         self._keys = h0.new_zeros((B, capacity, self.attn_dim))
         self._value_slots = []
+        # A new mailbox per sequence: the graphs of earlier sequences keep theirs.
+        self._mailbox = _Mailbox(B, H)
+        self._token = None
         self.append(h0)
 
     def append(self, h: Tensor) -> None:
-        """Write h (B, H) and its key W_m h (B, D) as the next slot: O(B H D) for the key, in place."""
+        """Write h (B, H) and its key W_m h (B, D) as the next slot: O(B H D) for the key, in place.
+
+        With autograd on, the slot also joins the token chain (O(1) graph work, whatever the slot count)."""
         n = self.size
         if n == self._values.shape[1]:
             self._grow()
-        with torch.no_grad():
-            self._values[:, n] = h
-            self._keys[:, n] = h @ self.key_proj.weight.t()
+        hd = h.detach()  # detached source and weight: plain stores, nothing recorded
+        self._values.select(1, n).copy_(hd)
+        torch.mm(hd, self.key_proj.weight.detach().t(), out=self._keys.select(1, n))
         self._value_slots.append(h)
+        self._mailbox.n = n + 1
+        if torch.is_grad_enabled():
+            token = self._token
+            if token is None:
+                token = h.new_zeros(()).requires_grad_(True)  # the chain's leaf
+            self._token = _Write.apply(self._mailbox, n, token, h)
 
     def _grow(self) -> None:
         # A new buffer of twice the capacity; views of the old one held by earlier steps stay valid.
@@ -174,14 +275,26 @@ class SparseAttentiveMemory(nn.Module):
 
         Returns Attention(summary (B, H), weights (B, k), indices (B, k), threshold (B,)) with
         k = min(k_top, buffer capacity); entries past the n written slots have weight 0 and index -1.
-        Backward: gradient reaches query_proj, score_weight and only the selected/threshold slots' graphs.
+        Backward: gradient reaches query_proj, score_weight, key_proj and only the selected/threshold slots'
+        graphs. Autograd work per call is O(1) in the number of slots.
         """
         if self._values is None or self.size == 0:
             raise RuntimeError("SparseAttentiveMemory.attend called before reset()")
         query = self.query_proj(h_hat)
-        out = _SparseReplay.apply(
-            self, self.size, self.k_top, self.backend, query, self.score_weight, self.key_proj.weight, *self._value_slots
-        )
+        n = self.size
+        # The whole preallocated buffer goes to the op with lengths = n: contiguous, so nothing is copied, and
+        # the kernels read only slots below n. Later writes land at rows >= n, which this step never reads.
+        if not torch.is_grad_enabled():
+            lengths = torch.full((query.shape[0],), n, dtype=torch.int64, device=query.device)
+            out = forward_impl(query, self._keys, self._values, self.score_weight, self.k_top, lengths, self.backend,
+                               check_lengths=False)
+        else:
+            if self._token is None:  # every slot was written without autograd: start the chain here
+                self._token = query.new_zeros(()).requires_grad_(True)
+            out = _Attend.apply(
+                self._mailbox, self._keys, self._values, n, self.k_top, self.backend,
+                query, self.score_weight, self.key_proj.weight, self._token,
+            )
         return Attention(*out)
 
     def extra_repr(self) -> str:
