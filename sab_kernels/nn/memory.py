@@ -79,13 +79,14 @@ class _Mailbox:
 
     def constants(self, B: int, k: int, Tc: int, cap: int, device) -> tuple:
         """Index constants of the compact backward, cached per shape: (batch * cap (B, 1), arange(k)
-        (B, k), lengths Tc (B,), batch + B (B, 1))."""
+        (B, k), lengths Tc (B,), batch + B (B, 1), k (B,))."""
         key = (k, Tc, cap)
         c = self.cache.get(key)
         if c is None:
             batch = torch.arange(B, device=device)[:, None]
-            pos = torch.arange(k, device=device).expand(B, k)
-            c = (batch * cap, pos, torch.full((B,), Tc, dtype=torch.int64, device=device), batch + B)
+            pos = torch.arange(k, device=device).expand(B, k).contiguous()
+            lengths = torch.full((B,), Tc, dtype=torch.int64, device=device)
+            c = (batch * cap, pos, lengths, batch + B, torch.full((B,), k, dtype=torch.int64, device=device))
             self.cache[key] = c
         return c
 
@@ -131,7 +132,7 @@ class _Attend(torch.autograd.Function):
             query, keys, values, score_weight, k_top, lengths, backend, check_lengths=False
         )
         ctx.save_for_backward(query, score_weight, key_weight, weights, indices, threshold)
-        ctx.mailbox, ctx.keys, ctx.values, ctx.k_top, ctx.backend = mailbox, keys, values, k_top, backend
+        ctx.mailbox, ctx.keys, ctx.values, ctx.n, ctx.k_top, ctx.backend = mailbox, keys, values, n, k_top, backend
         ctx.mark_non_differentiable(indices, threshold)
         ctx.set_materialize_grads(False)
         return summary, weights, indices, threshold
@@ -150,16 +151,22 @@ class _Attend(torch.autograd.Function):
         # The backward reads only the selected rows and the threshold row: gather them into a compact problem
         # of Tc rows (entry j < k is selected entry j, entry k the threshold slot). With k < k_top (a buffer
         # smaller than k_top) no row has a threshold, and Tc = k keeps the op's k = min(k_top, Tc) = k.
+        # Every row has n valid slots, so (op contract) entry j is used iff j < n, and the threshold iff n > k_top:
+        # past the first k_top steps every entry is used and the compact indices are constants.
         mailbox = ctx.mailbox
         sparse = k == k_top
         rows = torch.cat([indices, threshold[:, None]], 1) if sparse else indices  # (B, Tc), -1 where unused
         Tc = rows.shape[1]
-        batch_cap, pos, lengths_c, batch_sink = mailbox.constants(B, k, Tc, cap, rows.device)
-        flat = (batch_cap + rows.clamp(min=0)).reshape(-1)
+        batch_cap, pos, lengths_c, batch_sink, thr_k = mailbox.constants(B, k, Tc, cap, rows.device)
+        all_used = ctx.n > k_top
+        flat = (batch_cap + (rows if all_used else rows.clamp(min=0))).reshape(-1)
         k_c = keys.reshape(B * cap, D).index_select(0, flat).view(B, Tc, D)
         v_c = values.reshape(B * cap, H).index_select(0, flat).view(B, Tc, H)  # the slots m_i themselves
-        idx_c = torch.where(indices >= 0, pos, indices)
-        thr_c = torch.where(threshold >= 0, k, threshold) if sparse else threshold
+        if all_used:
+            idx_c, thr_c = pos, thr_k
+        else:
+            idx_c = torch.where(indices >= 0, pos, indices)
+            thr_c = threshold  # all -1 (n <= k_top)
         g_query, g_k, g_v, g_w = backward_impl(
             grad_summary, grad_weights, query, k_c, v_c, score_weight, k_top, lengths_c,
             weights, idx_c, thr_c, ctx.backend,
