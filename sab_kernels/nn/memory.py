@@ -61,7 +61,7 @@ class _Mailbox:
         self.cache: dict = {}
 
     def open(self, like: Tensor) -> Tensor:
-        """The mailbox for the current backward pass, (n B + 1, H), all rows of untouched slots zero."""
+        """The mailbox for the current backward pass, ((n+1) B, H), all rows of untouched slots zero."""
         pass_id = torch._C._current_graph_task_id()
         grads = self.grads
         if pass_id != self.pass_id:
@@ -72,8 +72,11 @@ class _Mailbox:
                 self.touched = set()
                 grads = None
         if grads is None or grads.shape[0] < (self.n + 1) * self.B:
-            # Slots written so far: no _Attend of this sequence can touch a slot past them.
-            grads = like.new_zeros(((self.n + 1) * self.B, self.H))
+            # Slots written so far: no _Attend of this sequence can touch a slot past them. (Slots are not
+            # written during a backward pass, so this grows at most once per pass; copy anyway.)
+            old, grads = grads, like.new_zeros(((self.n + 1) * self.B, self.H))
+            if old is not None:
+                grads[: old.shape[0]] = old
             self.grads = grads
         return grads
 
