@@ -36,7 +36,9 @@ def forward_impl(query, keys, values, score_weight, k_top: int, lengths: Tensor,
         return _forward_fake(query, keys, values, score_weight, k_top, lengths, backend)
     impl = get_backend(resolve_backend(backend, query.device))
     query, keys, values, score_weight, lengths = _prepare((query, keys, values, score_weight, lengths))
-    return tuple(impl.forward(query, keys, values, score_weight, k_top, lengths))
+    # k_top >= T means every row is in the softmax regime (n <= T <= k_top), as with k_top = T; clamping
+    # keeps kernels that size buffers by k_top (dense attention passes a huge k_top) small.
+    return tuple(impl.forward(query, keys, values, score_weight, min(k_top, T), lengths))
 
 
 def backward_impl(grad_summary, grad_weights, query, keys, values, score_weight, k_top: int, lengths, weights, indices, threshold, backend: str = "auto"):
@@ -45,7 +47,7 @@ def backward_impl(grad_summary, grad_weights, query, keys, values, score_weight,
         return _backward_fake(grad_summary, grad_weights, query, keys, values, score_weight, k_top, lengths, weights, indices, threshold, backend)
     impl = get_backend(resolve_backend(backend, query.device))
     args = _prepare((grad_summary, grad_weights, query, keys, values, score_weight))
-    return tuple(impl.backward(*args, k_top, *_prepare((lengths, weights, indices, threshold))))
+    return tuple(impl.backward(*args, min(k_top, keys.shape[1]), *_prepare((lengths, weights, indices, threshold))))
 
 
 @torch.library.custom_op("sab::sparse_attention_forward", mutates_args=())

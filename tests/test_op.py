@@ -144,3 +144,13 @@ def test_eager_path_equals_the_custom_op_bitwise(backend):
     g_op = torch.autograd.grad((op[0].sum() + op[1].square().sum()), leaves)
     for a, b in zip(g_eager, g_op):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu", "triton"])
+def test_huge_k_top_is_dense_attention(backend):
+    """k_top far above T (dense attention, as SABLSTM(k_top=None) uses) equals k_top = T: softmax rows."""
+    q, k, v, w, L = make_inputs(Case(3, 7, 5, 4, 7, lengths="ragged"), torch.float32)
+    huge = sparse_attention(q, k, v, w, 2**31 - 1, lengths=L, backend=backend)
+    exact = sparse_attention(q, k, v, w, 7, lengths=L, backend=backend)
+    for a, b in zip(huge, exact):
+        assert torch.equal(a, b)
