@@ -150,6 +150,41 @@ inline acc_t relu(acc_t x) {
 }
 
 // A buffer of N elements on the stack, or on the heap when more are asked for (huge k_top).
+// The weights of one row from its kept scores s[0 .. used), in descending order (NaN first):
+//   sparse (n > k_top): r_j = relu(s_j - tau) with tau = s[used], a_j = r_j / (sum r + 1e-7); returns the divisor;
+//   otherwise (1 <= n <= k_top): softmax, a_j = exp(s_j - s_0) / sum; returns 1.
+// Forward and backward both call this, so the backward recomputes the forward's weights bit for bit.
+// r and a may alias s (the forward works in place).
+template <typename acc_t>
+inline acc_t row_weights(const acc_t* s, int64_t used, bool sparse, acc_t* r, acc_t* a) {
+  if (used <= 0) {
+    return acc_t(1);
+  }
+  if (sparse) {
+    const acc_t tau = s[used];
+    acc_t sum = 0;
+    for (int64_t j = 0; j < used; ++j) {
+      r[j] = relu(s[j] - tau);
+      sum += r[j];
+    }
+    const acc_t z = sum + static_cast<acc_t>(1e-7);
+    for (int64_t j = 0; j < used; ++j) {
+      a[j] = r[j] / z;
+    }
+    return z;
+  }
+  const acc_t mx = s[0];  // the maximum, or NaN when the row has one (NaN ranks first)
+  acc_t sum = 0;
+  for (int64_t j = 0; j < used; ++j) {
+    a[j] = std::exp(s[j] - mx);
+    sum += a[j];
+  }
+  for (int64_t j = 0; j < used; ++j) {
+    a[j] = a[j] / sum;
+  }
+  return acc_t(1);
+}
+
 template <typename T, int64_t N>
 class SmallBuffer {
  public:
@@ -251,30 +286,8 @@ void finish_row(const ForwardArgs& a, int64_t b, acc_type<scalar_t>* ts, const i
   constexpr int64_t V = Vec::size();
   const int64_t n = a.lengths[b], k = a.k, k_top = a.k_top, H = a.H;
   const int64_t used = std::min(k_top, n);
-  int64_t threshold = -1;
-  if (n > k_top) {
-    const acc_t tau = ts[k_top];
-    threshold = ti[k_top];
-    acc_t sum = 0;
-    for (int64_t j = 0; j < used; ++j) {
-      ts[j] = relu(ts[j] - tau);
-      sum += ts[j];
-    }
-    const acc_t z = sum + static_cast<acc_t>(1e-7);
-    for (int64_t j = 0; j < used; ++j) {
-      ts[j] = ts[j] / z;
-    }
-  } else if (n > 0) {
-    const acc_t mx = ts[0];  // the list is sorted: the maximum, or NaN when the row has one
-    acc_t sum = 0;
-    for (int64_t j = 0; j < used; ++j) {
-      ts[j] = std::exp(ts[j] - mx);
-      sum += ts[j];
-    }
-    for (int64_t j = 0; j < used; ++j) {
-      ts[j] = ts[j] / sum;
-    }
-  }
+  const int64_t threshold = n > k_top ? ti[k_top] : -1;
+  row_weights(ts, used, n > k_top, ts, ts);  // in place: ts[k_top] is tau when n > k_top
   a.threshold[b] = threshold;
   scalar_t* wout = static_cast<scalar_t*>(a.weights) + b * k;
   int64_t* iout = a.indices + b * k;
@@ -398,38 +411,8 @@ void backward_rows(const BackwardArgs& a, int64_t b0, int64_t b1) {
       sv[r] = score_row<scalar_t, true>(q, kb + slot.data()[r] * D, w, D, hs + r * D);
     }
 
-    // Recompute the weights exactly as the forward does.
-    acc_t z = 1;
-    if (sparse) {
-      const acc_t tau = sv[used];
-      acc_t sum = 0;
-      for (int64_t r = 0; r < used; ++r) {
-        rl[r] = relu(sv[r] - tau);
-        sum += rl[r];
-      }
-      z = sum + static_cast<acc_t>(1e-7);
-      for (int64_t r = 0; r < used; ++r) {
-        av[r] = rl[r] / z;
-      }
-    } else if (used > 0) {
-      acc_t mx = sv[0];
-      for (int64_t r = 1; r < used; ++r) {
-        if (sv[r] > mx || sv[r] != sv[r]) {
-          mx = sv[r];
-        }
-        if (mx != mx) {
-          break;
-        }
-      }
-      acc_t sum = 0;
-      for (int64_t r = 0; r < used; ++r) {
-        av[r] = std::exp(sv[r] - mx);
-        sum += av[r];
-      }
-      for (int64_t r = 0; r < used; ++r) {
-        av[r] = av[r] / sum;
-      }
-    }
+    // Recompute the weights exactly as the forward does (the same function).
+    const acc_t z = row_weights(sv, used, sparse, rl, av);
 
     // dL/da_j = grad_weights_j + <values[idx_j], grad_summary>, and the centred gradient.
     acc_t dot_ag = 0;
