@@ -46,6 +46,12 @@ class Attention(NamedTuple):
     threshold: Tensor
 
 
+def _op_forward(query, keys, values, score_weight, n: int, k_top: int, backend: str):
+    """The op over the first n slots of the whole buffers (every row has n valid slots)."""
+    lengths = torch.full((query.shape[0],), n, dtype=torch.int64, device=query.device)
+    return forward_impl(query, keys, values, score_weight, k_top, lengths, backend, check_lengths=False)
+
+
 class _Mailbox:
     """Gradient mailbox of one sequence: slot j's rows are [(j+1) B, (j+2) B) of `grads` ((n+1) B, H), the
     first B rows a sink for unused entries), `touched` the slots holding gradient. Holds no graph tensor, so the
@@ -130,10 +136,7 @@ class _Attend(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, mailbox, keys, values, n, k_top, backend, query, score_weight, key_weight, token):
-        lengths = torch.full((query.shape[0],), n, dtype=torch.int64, device=query.device)
-        summary, weights, indices, threshold = forward_impl(
-            query, keys, values, score_weight, k_top, lengths, backend, check_lengths=False
-        )
+        summary, weights, indices, threshold = _op_forward(query, keys, values, score_weight, n, k_top, backend)
         ctx.save_for_backward(query, score_weight, key_weight, weights, indices, threshold)
         ctx.mailbox, ctx.keys, ctx.values, ctx.n, ctx.k_top, ctx.backend = mailbox, keys, values, n, k_top, backend
         ctx.mark_non_differentiable(indices, threshold)
@@ -295,9 +298,7 @@ class SparseAttentiveMemory(nn.Module):
         # The whole preallocated buffer goes to the op with lengths = n: contiguous, so nothing is copied, and
         # the kernels read only slots below n. Later writes land at rows >= n, which this step never reads.
         if not torch.is_grad_enabled():
-            lengths = torch.full((query.shape[0],), n, dtype=torch.int64, device=query.device)
-            out = forward_impl(query, self._keys, self._values, self.score_weight, self.k_top, lengths, self.backend,
-                               check_lengths=False)
+            out = _op_forward(query, self._keys, self._values, self.score_weight, n, self.k_top, self.backend)
         else:
             if self._token is None:  # every slot was written without autograd: start the chain here
                 self._token = query.new_zeros(()).requires_grad_(True)
