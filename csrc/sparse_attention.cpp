@@ -30,7 +30,7 @@
 #include <string>
 #include <vector>
 
-#include "sab_kernel.h"
+#include "sab_host.h"
 
 namespace sab {
 namespace {
@@ -405,6 +405,18 @@ bool set_capability(const std::string& name) {
 }
 
 }  // namespace
+
+void attention_forward_rows(const ForwardArgs& a, Dtype dtype) {
+  const Kernels& kern = table()->by_dtype[static_cast<int>(dtype)];
+  parallel_rows(a.B, a.T * a.D, [&](int64_t b0, int64_t b1) { kern.forward_rows(a, b0, b1); });
+}
+
+void attention_backward_rows(const BackwardArgs& a, Dtype dtype) {
+  const Kernels& kern = table()->by_dtype[static_cast<int>(dtype)];
+  parallel_rows(a.B, (a.T * (a.D + a.H)) / 8 + (a.k + 1) * a.D,
+                [&](int64_t b0, int64_t b1) { kern.backward_rows(a, b0, b1); });
+}
+
 }  // namespace sab
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -418,6 +430,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("grad_summary"), py::arg("grad_weights"), py::arg("query"), py::arg("keys"), py::arg("values"),
         py::arg("score_weight"), py::arg("k_top"), py::arg("lengths"), py::arg("weights"), py::arg("indices"),
         py::arg("threshold"), py::call_guard<py::gil_scoped_release>());
+  m.def("lstm_forward", &sab::lstm_forward, "The whole SAB-LSTM sequence (see csrc/sab_lstm.cpp).",
+        py::call_guard<py::gil_scoped_release>());
+  m.def("lstm_backward", &sab::lstm_backward, "The SAB-LSTM sequence's reverse sweep (see csrc/sab_lstm.cpp).",
+        py::call_guard<py::gil_scoped_release>());
   m.def("capability", &sab::capability, "The kernel table in use: 'default', 'avx2' or 'avx512'.");
   m.def("_set_capability", &sab::set_capability, py::arg("name"),
         "Testing aid: force a kernel table ('default', 'avx2', 'avx512'; '' = best). False if unavailable.");

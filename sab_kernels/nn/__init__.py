@@ -1,7 +1,7 @@
 """Modules built on the sparse-attention op: the SAB memory, the SAB-LSTM and task models."""
 
-from .memory import Attention, SparseAttentiveMemory
+from .memory import Attention, MemoryState, SparseAttentiveMemory
 from .models import MODEL_KINDS, SequenceModel, build_model
-from .sab_lstm import SABLSTM
+from .sab_lstm import SABLSTM, SABState
 
-__all__ = ["Attention", "SparseAttentiveMemory", "SABLSTM", "SequenceModel", "build_model", "MODEL_KINDS"]
+__all__ = ["Attention", "MemoryState", "SparseAttentiveMemory", "SABLSTM", "SABState", "SequenceModel", "build_model", "MODEL_KINDS"]

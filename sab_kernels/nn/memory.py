@@ -99,31 +99,59 @@ class _Mailbox:
             self.cache[key] = c
         return c
 
-    def take(self, j: int) -> Optional[Tensor]:
-        """Slot j's gradient (B, H) and empty its rows; None when no attention of this pass touched it."""
-        if self.pass_id != torch._C._current_graph_task_id() or j not in self.touched:
+    def take(self, j0: int, j1: int) -> Optional[Tensor]:
+        """The gradient of slots [j0, j1) as (B, j1 - j0, H), and empty their rows; None when no attention
+        of this pass touched any of them."""
+        if self.pass_id != torch._C._current_graph_task_id() or not any(j in self.touched for j in range(j0, j1)):
             return None
-        self.touched.discard(j)
-        rows = self.grads[(j + 1) * self.B : (j + 2) * self.B]
-        g = rows.clone()
+        self.touched.difference_update(range(j0, j1))
+        rows = self.grads[(j0 + 1) * self.B : (j1 + 1) * self.B]
+        g = rows.view(j1 - j0, self.B, self.H).transpose(0, 1).clone()
         rows.zero_()
         return g
 
+    def post(self, grad: Tensor) -> None:
+        """Add grad (B, m, H) to slots [0, m) (a gradient that reaches the memory from outside, e.g. from the
+        next chunk of the sequence), marking the slots with non-zero rows."""
+        B, m, H = grad.shape
+        grads = self.open(grad)
+        grads[B : (m + 1) * B] += grad.transpose(0, 1).reshape(m * B, H)
+        self.touched.update(torch.nonzero(grad.ne(0).any(2).any(0)).flatten().tolist())
+
 
 class _Write(torch.autograd.Function):
-    """token_{j+1} = _Write(token_j, h_j): forward writes nothing (the buffer write is done by `append`);
-    backward gives h_j the gradient its mailbox collected, or None (h_j's graph is then never visited)."""
+    """token_{j1} = _Write(token_{j0}, slots): slots (B, j1 - j0, H) are slots [j0, j1). Forward writes nothing
+    (the buffer write is done by `append`/`start`); backward gives the slots the gradient their mailbox rows
+    collected, or None (their graph is then never visited)."""
 
     @staticmethod
-    def forward(ctx, mailbox, j, token, h):
-        ctx.mailbox, ctx.j = mailbox, j
+    def forward(ctx, mailbox, j0, j1, token, slots):
+        ctx.mailbox, ctx.j0, ctx.j1, ctx.shape = mailbox, j0, j1, slots.shape  # (B, H) for one slot
         ctx.set_materialize_grads(False)
         return token.new_empty(())
 
     @staticmethod
     def backward(ctx, grad_token):
-        g = ctx.mailbox.take(ctx.j)  # always taken: empties the rows even when h needs no gradient
-        return None, None, grad_token, (g if ctx.needs_input_grad[3] else None)
+        g = ctx.mailbox.take(ctx.j0, ctx.j1)  # always taken: empties the rows even when h needs no gradient
+        g = g.reshape(ctx.shape) if g is not None and ctx.needs_input_grad[4] else None
+        return None, None, None, grad_token, g
+
+
+class _Export(torch.autograd.Function):
+    """The memory handed to the caller, (B, n, H): a copy of the buffer whose gradient goes to the mailbox
+    (so a later chunk's attention reaches this chunk's slots through sparse replay, as one long sequence)."""
+
+    @staticmethod
+    def forward(ctx, mailbox, values, n, token):
+        ctx.mailbox = mailbox
+        ctx.set_materialize_grads(False)
+        return values[:, :n].clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        if grad is not None:
+            ctx.mailbox.post(grad)
+        return None, None, None, None
 
 
 class _Attend(torch.autograd.Function):
@@ -193,6 +221,21 @@ class _Attend(torch.autograd.Function):
         return None, None, None, None, None, None, g_query, g_w, g_key_weight, None
 
 
+class MemoryState:
+    """The memory of one sequence, owned by the call that runs it (never by the module, so one module serves
+    many sequences, threads and copies at once).
+
+    values (B, capacity, H) and keys (B, capacity, D) are preallocated buffers whose first n rows hold the
+    slots m_i and their keys W_m m_i; `token` heads the chain of write nodes (None without autograd).
+    """
+
+    __slots__ = ("values", "keys", "n", "mailbox", "token")
+
+    def __init__(self, values: Tensor, keys: Tensor, mailbox: _Mailbox):
+        self.values, self.keys, self.n, self.mailbox = values, keys, 0, mailbox
+        self.token: Optional[Tensor] = None
+
+
 class SparseAttentiveMemory(nn.Module):
     """SAB memory with the scoring MLP s_i = w . tanh(W_h h_hat + b + W_m m_i).
 
@@ -204,12 +247,15 @@ class SparseAttentiveMemory(nn.Module):
 
     Parameters: query_proj (W_h, b): H -> D; key_proj (W_m, no bias): H -> D; score_weight (w): (D,).
 
-    Use: `reset(h0)` starts a sequence with one slot holding h0 (B, H); `attend(h_hat)` -> Attention over
-    the slots written so far; `append(h)` writes slot n (h (B, H) and its key W_m h (B, D)).
+    Use: `state = start(slots)` begins a sequence whose memory holds `slots` (B, n0, H) (a new sequence: h0 as
+    the one slot); `attend(state, h_hat)` -> Attention over the slots written so far; `append(state, h)` writes
+    the next slot; `export(state)` -> the slots (B, n, H), for the next chunk of the sequence.
     """
 
     def __init__(self, hidden_size: int, attn_dim: int, k_top: int, backend: str = "auto"):
         super().__init__()
+        if isinstance(k_top, bool) or not isinstance(k_top, int):
+            raise TypeError(f"k_top must be an int >= 1, got {type(k_top).__name__}")
         if k_top < 1:
             raise ValueError(f"k_top must be >= 1, got {k_top}")
         self.hidden_size, self.attn_dim, self.k_top, self.backend = hidden_size, attn_dim, k_top, backend
@@ -217,73 +263,55 @@ class SparseAttentiveMemory(nn.Module):
         self.key_proj = nn.Linear(hidden_size, attn_dim, bias=False)
         self.score_weight = nn.Parameter(torch.empty(attn_dim))
         nn.init.uniform_(self.score_weight, -attn_dim**-0.5, attn_dim**-0.5)
-        self._values: Optional[Tensor] = None
-        self._keys: Optional[Tensor] = None
-        self._value_slots: List[Tensor] = []
-        self._mailbox: Optional[_Mailbox] = None
-        self._token: Optional[Tensor] = None  # head of the token chain (None without autograd)
 
-    @property
-    def size(self) -> int:
-        """Number of slots written in the current sequence."""
-        return len(self._value_slots)
+    def start(self, slots: Tensor, capacity: int = 64) -> MemoryState:
+        """A new memory holding `slots` (B, n0, H) (n0 >= 1), room for `capacity` slots in all (it grows).
 
-    @property
-    def values(self) -> Tensor:
-        """(B, n, H) the slots, detached (read-only view of the buffer)."""
-        return self._values[:, : self.size]
-
-    @property
-    def keys(self) -> Tensor:
-        """(B, n, D) the cached keys W_m m_i, detached."""
-        return self._keys[:, : self.size]
-
-    @property
-    def slots(self) -> List[Tensor]:
-        """The graph-connected slot tensors m_i (each (B, H)), in write order."""
-        return list(self._value_slots)
-
-    def reset(self, h0: Tensor, capacity: int = 64) -> None:
-        """Start a new sequence: drop all slots and write h0 (B, H) as slot 0. `capacity` preallocates."""
-        B, H = h0.shape
-        capacity = max(int(capacity), 1)
+        The slots stay graph-connected: gradient the attentions send them reaches their graph."""
+        B, n0, H = slots.shape
+        capacity = max(int(capacity), n0, 1)
+        dtype = self.score_weight.dtype if torch.is_autocast_enabled(slots.device.type) else slots.dtype
         # Zeros, not empty: the reference backend scores every row of the buffer (and masks rows >= n).
-        self._values = h0.new_zeros((B, capacity, H))
-        self._keys = h0.new_zeros((B, capacity, self.attn_dim))
-        self._value_slots = []
-        # A new mailbox per sequence: the graphs of earlier sequences keep theirs.
-        self._mailbox = _Mailbox(B, H)
-        self._token = None
-        self.append(h0)
+        state = MemoryState(slots.new_zeros((B, capacity, H), dtype=dtype),
+                            slots.new_zeros((B, capacity, self.attn_dim), dtype=dtype), _Mailbox(B, H))
+        self._write(state, slots)
+        return state
 
-    def append(self, h: Tensor) -> None:
+    def append(self, state: MemoryState, h: Tensor) -> None:
         """Write h (B, H) and its key W_m h (B, D) as the next slot: O(B H D) for the key, in place.
 
         With autograd on, the slot also joins the token chain (O(1) graph work, whatever the slot count)."""
-        n = self.size
-        if n == self._values.shape[1]:
-            self._grow()
-        hd = h.detach()  # detached source and weight: plain stores, nothing recorded
-        self._values.select(1, n).copy_(hd)
-        torch.mm(hd, self.key_proj.weight.detach().t(), out=self._keys.select(1, n))
-        self._value_slots.append(h)
-        self._mailbox.n = n + 1
+        self._write(state, h.unsqueeze(1), h)
+
+    def _write(self, state: MemoryState, slots: Tensor, source: Optional[Tensor] = None) -> None:
+        """Slots (B, m, H) at rows [n, n + m); `source` is the tensor whose graph they belong to (default slots)."""
+        n, m = state.n, slots.shape[1]
+        while n + m > state.values.shape[1]:
+            self._grow(state)
+        sd = slots.detach()  # detached source and weight: plain stores, nothing recorded
+        w_m = self.key_proj.weight.detach()
+        with torch.autocast(sd.device.type, enabled=False):
+            for j in range(m):  # one slot at a time: the same bits as the fused path's key writes
+                state.values.select(1, n + j).copy_(sd[:, j])
+                torch.mm(state.values.select(1, n + j), w_m.t().to(state.keys.dtype), out=state.keys.select(1, n + j))
+        state.n = state.mailbox.n = n + m
         if torch.is_grad_enabled():
-            token = self._token
+            token = state.token
             if token is None:
-                token = h.new_zeros(()).requires_grad_(True)  # the chain's leaf
-            self._token = _Write.apply(self._mailbox, n, token, h)
+                token = slots.new_zeros((), dtype=state.values.dtype).requires_grad_(True)  # the chain's leaf
+            state.token = _Write.apply(state.mailbox, n, n + m, token, source if source is not None else slots)
 
-    def _grow(self) -> None:
+    @staticmethod
+    def _grow(state: MemoryState) -> None:
         # A new buffer of twice the capacity; views of the old one held by earlier steps stay valid.
-        n = self.size
-        old_v, old_k = self._values, self._keys
-        self._values = old_v.new_zeros((old_v.shape[0], 2 * n, old_v.shape[2]))
-        self._keys = old_k.new_zeros((old_k.shape[0], 2 * n, old_k.shape[2]))
-        self._values[:, :n] = old_v[:, :n]
-        self._keys[:, :n] = old_k[:, :n]
+        n = state.n
+        old_v, old_k = state.values, state.keys
+        state.values = old_v.new_zeros((old_v.shape[0], 2 * old_v.shape[1], old_v.shape[2]))
+        state.keys = old_k.new_zeros((old_k.shape[0], 2 * old_k.shape[1], old_k.shape[2]))
+        state.values[:, :n] = old_v[:, :n]
+        state.keys[:, :n] = old_k[:, :n]
 
-    def attend(self, h_hat: Tensor) -> Attention:
+    def attend(self, state: MemoryState, h_hat: Tensor) -> Attention:
         """Sparse attention of the provisional state h_hat (B, H) over the slots written so far.
 
         Returns Attention(summary (B, H), weights (B, k), indices (B, k), threshold (B,)) with
@@ -291,22 +319,27 @@ class SparseAttentiveMemory(nn.Module):
         Backward: gradient reaches query_proj, score_weight, key_proj and only the selected/threshold slots'
         graphs. Autograd work per call is O(1) in the number of slots.
         """
-        if self._values is None or self.size == 0:
-            raise RuntimeError("SparseAttentiveMemory.attend called before reset()")
-        query = self.query_proj(h_hat)
-        n = self.size
+        n = state.n
+        # Under autocast the projection may come out in a lower precision: the op runs in the memory's dtype.
+        query = self.query_proj(h_hat).to(state.values.dtype)
         # The whole preallocated buffer goes to the op with lengths = n: contiguous, so nothing is copied, and
         # the kernels read only slots below n. Later writes land at rows >= n, which this step never reads.
         if not torch.is_grad_enabled():
-            out = _op_forward(query, self._keys, self._values, self.score_weight, n, self.k_top, self.backend)
+            out = _op_forward(query, state.keys, state.values, self.score_weight.to(query.dtype), n, self.k_top, self.backend)
         else:
-            if self._token is None:  # every slot was written without autograd: start the chain here
-                self._token = query.new_zeros(()).requires_grad_(True)
+            if state.token is None:  # every slot was written without autograd: start the chain here
+                state.token = query.new_zeros(()).requires_grad_(True)
             out = _Attend.apply(
-                self._mailbox, self._keys, self._values, n, self.k_top, self.backend,
-                query, self.score_weight, self.key_proj.weight, self._token,
+                state.mailbox, state.keys, state.values, n, self.k_top, self.backend,
+                query, self.score_weight.to(query.dtype), self.key_proj.weight.to(query.dtype), state.token,
             )
         return Attention(*out)
+
+    def export(self, state: MemoryState) -> Tensor:
+        """The slots (B, n, H), connected to the sequence's graph through the mailbox (sparse replay)."""
+        if not torch.is_grad_enabled() or state.token is None:
+            return state.values[:, : state.n].clone()
+        return _Export.apply(state.mailbox, state.values, state.n, state.token)
 
     def extra_repr(self) -> str:
         return f"hidden_size={self.hidden_size}, attn_dim={self.attn_dim}, k_top={self.k_top}, backend={self.backend!r}"

@@ -13,12 +13,58 @@ The baselines are limits of this module: k_top=0 -> truncated-BPTT LSTM (s_t = 0
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Tuple
+from typing import List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
+from ..kernels import resolve_backend
+from ..kernels import sab_lstm_cpu
 from .memory import SparseAttentiveMemory
+
+PATHS = ("auto", "fused", "step")
+
+
+class SABState(tuple):
+    """(h_n, c_n), each (1, B, H), as `nn.LSTM` returns them, carrying the rest of the sequence's state:
+
+    memory: (B, n, H) the slots written so far (graph-connected: gradient from a later chunk reaches them
+        through sparse replay), or None without memory (k_top = 0);
+    step: the number of steps run so far (the phase of truncation and slot writes).
+
+    Unpacks like nn.LSTM's `(h, c)`; pass it back as `hx` to continue the sequence, or `state.detach()` to
+    carry it across batches without gradient (stateful training of a language model).
+    """
+
+    def __new__(cls, h: Tensor, c: Tensor, memory: Optional[Tensor] = None, step: int = 0):
+        self = super().__new__(cls, (h, c))
+        self.memory, self.step = memory, int(step)
+        return self
+
+    def __reduce__(self):
+        return (SABState, (self[0], self[1], self.memory, self.step))
+
+    @property
+    def h(self) -> Tensor:
+        return self[0]
+
+    @property
+    def c(self) -> Tensor:
+        return self[1]
+
+    def detach(self) -> "SABState":
+        """The same state cut from the graph."""
+        mem = self.memory.detach() if self.memory is not None else None
+        return SABState(self[0].detach(), self[1].detach(), mem, self.step)
+
+
+def _check_count(name: str, value, low: int, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int{' or None' if allow_none else ''}, got {type(value).__name__}")
+    if value < low:
+        raise ValueError(f"{name} must be >= {low}{' or None' if allow_none else ''}, got {value}")
 
 
 class SABLSTM(nn.Module):
@@ -32,15 +78,22 @@ class SABLSTM(nn.Module):
         k_trunc: detach h, c every k_trunc steps (None or 0: never, full BPTT).
         attn_dim: D, width of the scoring MLP (default H).
         batch_first: input (B, T, I) and output (B, T, 2H) instead of (T, B, ...).
-        backend: sparse-attention backend ("auto", "cpu", "triton", "reference").
+        backend: sparse-attention backend of the per-step path ("auto", "cpu", "triton", "reference").
+        path: "auto" (the fused C++ sequence for CPU float32/float64 tensors when the extension is built and
+            the backend resolves to "cpu"; the per-step path otherwise), "fused" (require it), "step".
 
     forward(x, hx=None, trace=None):
         x: (T, B, I) or (B, T, I) with batch_first.
-        hx: optional (h0, c0), each (1, B, H) as in nn.LSTM (or (B, H)).
-        trace: optional list; each step appends a dict(h_hat, h, summary, weights, indices, threshold,
-            slot) for inspection (slot: index of the slot written at this step, or None).
-        Returns output (T, B, 2H) = concat(h_t, s_t) per step (s_t = 0 without memory) and (h_n, c_n),
-        each (1, B, H).
+        hx: optional (h0, c0), each (1, B, H) as in nn.LSTM (or (B, H)), or the SABState a previous call
+            returned, to continue the same sequence (memory, truncation and slot-write phase carry over: a
+            sequence run in chunks equals the sequence run whole).
+        trace: optional list (per-step path only); each step appends a dict(h_hat, h, summary, weights,
+            indices, threshold, slot) for inspection (slot: index of the slot written at this step, or None).
+        Returns output (T, B, 2H) = concat(h_t, s_t) per step (s_t = 0 without memory) and
+        SABState (h_n, c_n), each (1, B, H), with the memory attached.
+
+    Under autocast the fused path computes in the parameters' dtype; the per-step path runs the attention in
+    the memory's dtype.
     """
 
     def __init__(
@@ -53,15 +106,20 @@ class SABLSTM(nn.Module):
         attn_dim: Optional[int] = None,
         batch_first: bool = False,
         backend: str = "auto",
+        path: str = "auto",
     ):
         super().__init__()
-        if k_att < 1:
-            raise ValueError(f"k_att must be >= 1, got {k_att}")
-        if k_top is not None and k_top < 0:
-            raise ValueError(f"k_top must be >= 0 or None (dense), got {k_top}")
+        _check_count("input_size", input_size, 1)
+        _check_count("hidden_size", hidden_size, 1)
+        _check_count("k_top", k_top, 0, allow_none=True)
+        _check_count("k_att", k_att, 1)
+        _check_count("k_trunc", k_trunc, 0, allow_none=True)
+        _check_count("attn_dim", attn_dim, 1, allow_none=True)
+        if path not in PATHS:
+            raise ValueError(f"path must be one of {PATHS}, got {path!r}")
         self.input_size, self.hidden_size = input_size, hidden_size
         self.k_top, self.k_att, self.k_trunc = k_top, k_att, (k_trunc or None)
-        self.batch_first = batch_first
+        self.batch_first, self.backend, self.path = batch_first, backend, path
         H = hidden_size
         # nn.LSTMCell layout: gates (i, f, g, o), weight_ih (4H, I), weight_hh (4H, H).
         self.weight_ih = nn.Parameter(torch.empty(4 * H, input_size))
@@ -80,46 +138,110 @@ class SABLSTM(nn.Module):
     def output_size(self) -> int:
         return 2 * self.hidden_size
 
+    def uses_fused_path(self, x: Tensor, trace=None) -> bool:
+        """Whether forward(x) runs the fused sequence kernels (raises if path="fused" and it cannot)."""
+        if self.path == "step":
+            return False
+        reason = sab_lstm_cpu.unsupported_reason(x)
+        if reason is None and resolve_backend(self.backend, x.device) != "cpu":
+            reason = f"backend {self.backend!r} resolves to {resolve_backend(self.backend, x.device)!r}, not 'cpu'"
+        if reason is None and trace is not None:
+            reason = "trace is recorded by the per-step path only"
+        if reason is not None and self.path == "fused":
+            raise RuntimeError(f"SABLSTM(path='fused'): {reason}")
+        return reason is None
+
     def forward(
-        self, x: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None, trace: Optional[List[dict]] = None
-    ) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
-        if x.dim() != 3:
-            raise ValueError(f"x must be 3-D ((T, B, I) or (B, T, I) with batch_first), got shape {tuple(x.shape)}")
+        self, x: Tensor, hx: Union[None, SABState, Tuple[Tensor, Tensor]] = None, trace: Optional[List[dict]] = None
+    ) -> Tuple[Tensor, SABState]:
+        if not isinstance(x, Tensor) or x.dim() != 3:
+            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"x must be 3-D ((T, B, I) or (B, T, I) with batch_first), got {shape}")
+        if x.shape[2] != self.input_size:
+            raise ValueError(f"x must have {self.input_size} features (input_size) in its last dimension, got {tuple(x.shape)}")
         if self.batch_first:
             x = x.transpose(0, 1)
         T, B, _ = x.shape
+        h, c, memory, step0 = self._initial_state(x, hx)
+        if T == 0 or B == 0:
+            out = x.new_zeros((T, B, self.output_size))
+            if self.batch_first:
+                out = out.transpose(0, 1)
+            return out, SABState(h.unsqueeze(0), c.unsqueeze(0), memory, step0 + T)
+        if self.uses_fused_path(x, trace):
+            out, h, c, memory = self._forward_fused(x, h, c, memory, step0)
+        else:
+            out, h, c, memory = self._forward_steps(x, h, c, memory, step0, trace)
+        if self.batch_first:
+            out = out.transpose(0, 1)
+        return out, SABState(h.unsqueeze(0), c.unsqueeze(0), memory, step0 + T)
+
+    def _initial_state(self, x: Tensor, hx) -> Tuple[Tensor, Tensor, Optional[Tensor], int]:
+        """(h0 (B, H), c0 (B, H), memory (B, n0, H) or None, step0) from hx (see forward)."""
+        T, B, _ = x.shape
         H = self.hidden_size
         if hx is None:
-            h = x.new_zeros((B, H))
-            c = x.new_zeros((B, H))
+            h, c = x.new_zeros((B, H)), x.new_zeros((B, H))
         else:
-            h, c = (t.reshape(B, H) for t in hx)
+            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+                raise TypeError(f"hx must be (h0, c0) or a SABState, got {type(hx).__name__}")
+            h, c = hx
+            for name, t in (("h0", h), ("c0", c)):
+                if not isinstance(t, Tensor) or t.shape not in ((1, B, H), (B, H)):
+                    shape = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
+                    raise ValueError(f"hx: {name} must have shape (1, B, H) = (1, {B}, {H}) or (B, H), got {shape}")
+            h, c = h.reshape(B, H), c.reshape(B, H)
+        memory = getattr(hx, "memory", None)
+        step0 = getattr(hx, "step", 0)
+        if self.memory is not None:
+            if memory is None:
+                memory = h.unsqueeze(1)  # a new sequence: the memory starts with one slot holding h0
+            elif memory.dim() != 3 or memory.shape[0] != B or memory.shape[2] != H or memory.shape[1] < 1:
+                raise ValueError(f"hx.memory must have shape (B, n, H) = ({B}, n >= 1, {H}), got {tuple(memory.shape)}")
+        return h, c, memory if self.memory is not None else None, step0
+
+    def _forward_fused(self, x, h, c, memory, step0):
+        mem = self.memory
+        attention = None
+        if mem is not None:
+            attention = (mem.query_proj.weight, mem.query_proj.bias, mem.key_proj.weight, mem.score_weight)
+        cell = (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        empty = x.new_empty((x.shape[1], 0, self.hidden_size))
+        out, h, c, values = sab_lstm_cpu.sequence(
+            x, h, c, memory if memory is not None else empty, cell, attention,
+            mem.k_top if mem is not None else 0, self.k_att, self.k_trunc or 0, step0,
+        )
+        return out, h, c, values if mem is not None else None
+
+    def _forward_steps(self, x, h, c, memory, step0, trace):
+        T, B, _ = x.shape
+        H = self.hidden_size
         # The input half of every gate at once: one (T*B, I) x (I, 4H) matmul instead of T small ones.
         gates_x = torch.addmm(self.bias_ih + self.bias_hh, x.reshape(T * B, -1), self.weight_ih.t()).view(T, B, 4 * H)
         gates_x = gates_x.unbind(0)  # one backward node; indexing gates_x[t] would zero-fill (T, B, 4H) per step
         w_hh_t = self.weight_hh.t()
-        memory = self.memory
-        if memory is not None:
-            memory.reset(h, capacity=T // self.k_att + 2)
+        mem = self.memory
+        state = mem.start(memory, capacity=memory.shape[1] + T // self.k_att + 1) if mem is not None else None
         zeros = x.new_zeros((B, H))
         hs: List[Tensor] = []
         ss: List[Tensor] = []
         for t in range(T):
-            if self.k_trunc is not None and (t + 1) % self.k_trunc == 0:
+            tg = step0 + t
+            if self.k_trunc is not None and (tg + 1) % self.k_trunc == 0:
                 h, c = h.detach(), c.detach()
             gates = torch.addmm(gates_x[t], h, w_hh_t)
             i, f, g, o = gates.chunk(4, 1)
             i, f, g, o = i.sigmoid(), f.sigmoid(), g.tanh(), o.sigmoid()
             c = torch.addcmul(f * c, i, g)
             h_hat = o * c.tanh()
-            if memory is not None:
-                att = memory.attend(h_hat)
+            if mem is not None:
+                att = mem.attend(state, h_hat)
                 s = att.summary
                 h = h_hat + s
                 slot = None
-                if (t + 1) % self.k_att == 0:
-                    slot = memory.size
-                    memory.append(h)
+                if (tg + 1) % self.k_att == 0:
+                    slot = state.n
+                    mem.append(state, h)
                 if trace is not None:
                     trace.append(dict(h_hat=h_hat, h=h, summary=s, weights=att.weights, indices=att.indices,
                                       threshold=att.threshold, slot=slot))
@@ -130,10 +252,8 @@ class SABLSTM(nn.Module):
             hs.append(h)
             ss.append(s)
         out = torch.cat([torch.stack(hs), torch.stack(ss)], dim=2)
-        if self.batch_first:
-            out = out.transpose(0, 1)
-        return out, (h.unsqueeze(0), c.unsqueeze(0))
+        return out, h, c, (mem.export(state) if mem is not None else None)
 
     def extra_repr(self) -> str:
         return (f"{self.input_size}, {self.hidden_size}, k_top={self.k_top}, k_att={self.k_att}, "
-                f"k_trunc={self.k_trunc}, batch_first={self.batch_first}")
+                f"k_trunc={self.k_trunc}, batch_first={self.batch_first}, path={self.path!r}")

@@ -1,0 +1,31 @@
+// Host-side entry points shared by the translation units that include ATen (sparse_attention.cpp, which
+// owns the kernel table and the Python module, and sab_lstm.cpp, the fused SAB-LSTM sequence).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <vector>
+
+#include "sab_kernel.h"
+
+namespace sab {
+
+// The attention kernels of the best (or forced) kernel table, rows in parallel. No argument checks: the
+// callers build the arguments themselves.
+void attention_forward_rows(const ForwardArgs& a, Dtype dtype);
+void attention_backward_rows(const BackwardArgs& a, Dtype dtype);
+
+// The whole SAB-LSTM sequence (SPEC section 2) in one call; see sab_lstm.cpp for the arguments.
+std::vector<at::Tensor> lstm_forward(const at::Tensor& x, const at::Tensor& h0, const at::Tensor& c0,
+                                     const at::Tensor& memory, const at::Tensor& weight_ih,
+                                     const at::Tensor& weight_hh, const at::Tensor& bias,
+                                     const at::Tensor& query_weight, const at::Tensor& query_bias,
+                                     const at::Tensor& key_weight, const at::Tensor& score_weight, int64_t k_top,
+                                     int64_t k_att, int64_t k_trunc, int64_t step0);
+
+std::vector<at::Tensor> lstm_backward(const at::Tensor& grad_out, const at::Tensor& grad_h, const at::Tensor& grad_c,
+                                      const at::Tensor& grad_memory, const std::vector<at::Tensor>& inputs,
+                                      const std::vector<at::Tensor>& saved, int64_t k_top, int64_t k_trunc,
+                                      int64_t step0);
+
+}  // namespace sab
