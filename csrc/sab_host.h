@@ -10,6 +10,9 @@
 
 namespace sab {
 
+// The kernels of the best (or forced) kernel table for one dtype.
+const Kernels& kernels(Dtype dtype);
+
 // The attention kernels of the best (or forced) kernel table, rows in parallel. No argument checks: the
 // callers build the arguments themselves.
 void attention_forward_rows(const ForwardArgs& a, Dtype dtype);
@@ -26,6 +29,6 @@ std::vector<at::Tensor> lstm_forward(const at::Tensor& x, const at::Tensor& h0, 
 std::vector<at::Tensor> lstm_backward(const at::Tensor& grad_out, const at::Tensor& grad_h, const at::Tensor& grad_c,
                                       const at::Tensor& grad_memory, const std::vector<at::Tensor>& inputs,
                                       const std::vector<at::Tensor>& saved, int64_t k_top, int64_t k_trunc,
-                                      int64_t step0);
+                                      int64_t step0, bool need_grad_x);
 
 }  // namespace sab

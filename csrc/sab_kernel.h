@@ -57,6 +57,28 @@ struct Partials {
   int64_t* part_n;  // (B * chunks)
 };
 
+// One LSTM cell step of the fused SAB-LSTM (csrc/sab_lstm.cpp), all B rows. Gates are (i, f, g, o) blocks of
+// H, as in nn.LSTMCell.
+struct CellArgs {
+  void* gates;         // (B, 4H) pre-activation in, activated out
+  const void* c_prev;  // (B, H)
+  void* c;             // (B, H) f c_prev + i g
+  void* tanh_c;        // (B, H)
+  void* h_hat;         // (B, H) o tanh(c), rows h_stride apart
+  int64_t h_stride;
+  int64_t B, H;
+};
+
+struct CellBackwardArgs {
+  const void* gates;   // (B, 4H) activated
+  const void* tanh_c;  // (B, H)
+  const void* c_prev;  // (B, H)
+  const void* g_hhat;  // (B, H) dL/dh_hat
+  void* g_c;           // (B, H) in: dL/dc from the later steps; out: dL/dc_prev
+  void* g_gates;       // (B, 4H) dL/d(pre-activation gates)
+  int64_t B, H;
+};
+
 struct Kernels {
   // Rows [b0, b1): scores, running top list, weights, summary.
   void (*forward_rows)(const ForwardArgs&, int64_t b0, int64_t b1);
@@ -65,6 +87,9 @@ struct Kernels {
   void (*forward_merge)(const ForwardArgs&, const Partials&, int64_t b0, int64_t b1);
   // Rows [b0, b1) of the backward.
   void (*backward_rows)(const BackwardArgs&, int64_t b0, int64_t b1);
+  // The LSTM cell of the fused SAB-LSTM.
+  void (*cell_forward)(const CellArgs&);
+  void (*cell_backward)(const CellBackwardArgs&);
 };
 
 struct KernelTable {

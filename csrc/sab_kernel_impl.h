@@ -472,10 +472,80 @@ void backward_rows(const BackwardArgs& a, int64_t b0, int64_t b1) {
   }
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// The LSTM cell of the fused SAB-LSTM, vectorised over H. The activations use ATen's own vector formulas
+// (sigmoid = 1 / (1 + exp(-x)), tanh from SLEEF) and c = f c_prev + i g without fused multiply-adds, as
+// nn.LSTMCell's ops compute them, so the fused path tracks the per-step path to the last bits.
+
+template <typename acc_t>
+inline Vectorized<acc_t> sigmoid_vec(const Vectorized<acc_t>& x) {
+  using Vec = Vectorized<acc_t>;
+  return ((Vec(acc_t(0)) - x).exp() + Vec(acc_t(1))).reciprocal();
+}
+
+template <typename scalar_t>
+void cell_forward(const CellArgs& a) {
+  using acc_t = acc_type<scalar_t>;
+  using Vec = Vectorized<acc_t>;
+  constexpr int64_t V = Vec::size();
+  const int64_t B = a.B, H = a.H;
+  for (int64_t b = 0; b < B; ++b) {
+    scalar_t* g = static_cast<scalar_t*>(a.gates) + b * 4 * H;
+    const scalar_t* cp = static_cast<const scalar_t*>(a.c_prev) + b * H;
+    scalar_t* c = static_cast<scalar_t*>(a.c) + b * H;
+    scalar_t* tc = static_cast<scalar_t*>(a.tanh_c) + b * H;
+    scalar_t* h = static_cast<scalar_t*>(a.h_hat) + b * a.h_stride;
+    for (int64_t j = 0; j < H; j += V) {
+      const int64_t n = std::min(V, H - j);
+      const Vec i = sigmoid_vec(load_acc(g + j, n));
+      const Vec f = sigmoid_vec(load_acc(g + H + j, n));
+      const Vec gg = load_acc(g + 2 * H + j, n).tanh();
+      const Vec o = sigmoid_vec(load_acc(g + 3 * H + j, n));
+      store_acc(g + j, i, n);
+      store_acc(g + H + j, f, n);
+      store_acc(g + 2 * H + j, gg, n);
+      store_acc(g + 3 * H + j, o, n);
+      const Vec cv = f * load_acc(cp + j, n) + i * gg;
+      const Vec tcv = cv.tanh();
+      store_acc(c + j, cv, n);
+      store_acc(tc + j, tcv, n);
+      store_acc(h + j, o * tcv, n);
+    }
+  }
+}
+
+template <typename scalar_t>
+void cell_backward(const CellBackwardArgs& a) {
+  using acc_t = acc_type<scalar_t>;
+  using Vec = Vectorized<acc_t>;
+  constexpr int64_t V = Vec::size();
+  const int64_t B = a.B, H = a.H;
+  const Vec one(acc_t(1));
+  for (int64_t b = 0; b < B; ++b) {
+    const scalar_t* g = static_cast<const scalar_t*>(a.gates) + b * 4 * H;
+    const scalar_t* tc = static_cast<const scalar_t*>(a.tanh_c) + b * H;
+    const scalar_t* cp = static_cast<const scalar_t*>(a.c_prev) + b * H;
+    const scalar_t* gh = static_cast<const scalar_t*>(a.g_hhat) + b * H;
+    scalar_t* gc = static_cast<scalar_t*>(a.g_c) + b * H;
+    scalar_t* dg = static_cast<scalar_t*>(a.g_gates) + b * 4 * H;
+    for (int64_t j = 0; j < H; j += V) {
+      const int64_t n = std::min(V, H - j);
+      const Vec i = load_acc(g + j, n), f = load_acc(g + H + j, n), gg = load_acc(g + 2 * H + j, n);
+      const Vec o = load_acc(g + 3 * H + j, n), t = load_acc(tc + j, n), dh = load_acc(gh + j, n);
+      const Vec dc = load_acc(gc + j, n) + dh * o * (one - t * t);
+      store_acc(dg + j, dc * gg * i * (one - i), n);
+      store_acc(dg + H + j, dc * load_acc(cp + j, n) * f * (one - f), n);
+      store_acc(dg + 2 * H + j, dc * i * (one - gg * gg), n);
+      store_acc(dg + 3 * H + j, dh * t * o * (one - o), n);
+      store_acc(gc + j, dc * f, n);
+    }
+  }
+}
+
 template <typename scalar_t>
 constexpr Kernels kernels_for() {
   return Kernels{&forward_rows<scalar_t>, &forward_partial<scalar_t>, &forward_merge<scalar_t>,
-                 &backward_rows<scalar_t>};
+                 &backward_rows<scalar_t>, &cell_forward<scalar_t>, &cell_backward<scalar_t>};
 }
 
 }  // namespace CPU_CAPABILITY

@@ -55,45 +55,15 @@ bool any_nonzero(const scalar_t* p, int64_t n) {
   return false;
 }
 
-// c = f c_prev + i g; h_hat = o tanh(c), with gates (B, 4H) already activated (i, f, g, o).
+// Any non-zero in rows (B, H) that lie `stride` elements apart.
 template <typename scalar_t>
-void cell_forward(const scalar_t* gates, const scalar_t* c_prev, scalar_t* c, scalar_t* tanh_c, scalar_t* h_hat,
-                  int64_t B, int64_t H) {
+bool any_nonzero_rows(const scalar_t* p, int64_t B, int64_t H, int64_t stride) {
   for (int64_t b = 0; b < B; ++b) {
-    const scalar_t* gb = gates + b * 4 * H;
-    for (int64_t j = 0; j < H; ++j) {
-      c[b * H + j] = gb[H + j] * c_prev[b * H + j] + gb[j] * gb[2 * H + j];
+    if (any_nonzero(p + b * stride, H)) {
+      return true;
     }
   }
-  at::Tensor cc = at::from_blob(c, {B * H}, at::CPU(c10::CppTypeToScalarType<scalar_t>::value));
-  at::Tensor tc = at::from_blob(tanh_c, {B * H}, cc.options());
-  at::tanh_out(tc, cc);  // ATen's vectorised tanh
-  for (int64_t b = 0; b < B; ++b) {
-    const scalar_t* o = gates + b * 4 * H + 3 * H;
-    for (int64_t j = 0; j < H; ++j) {
-      h_hat[b * H + j] = o[j] * tanh_c[b * H + j];
-    }
-  }
-}
-
-// From dL/dh_hat and dL/dc (the chain's, updated in place to dL/dc_prev): dL/dgates (pre-activation).
-template <typename scalar_t>
-void cell_backward(const scalar_t* gates, const scalar_t* tanh_c, const scalar_t* c_prev, const scalar_t* g_hhat,
-                   scalar_t* g_c, scalar_t* g_gates, int64_t B, int64_t H) {
-  for (int64_t b = 0; b < B; ++b) {
-    const scalar_t* gb = gates + b * 4 * H;
-    scalar_t* db = g_gates + b * 4 * H;
-    for (int64_t j = 0; j < H; ++j) {
-      const int64_t e = b * H + j;
-      const scalar_t i = gb[j], f = gb[H + j], g = gb[2 * H + j], o = gb[3 * H + j], tc = tanh_c[e];
-      const scalar_t dc = g_c[e] + g_hhat[e] * o * (scalar_t(1) - tc * tc);
-      db[j] = dc * g * i * (scalar_t(1) - i);
-      db[H + j] = dc * c_prev[e] * f * (scalar_t(1) - f);
-      db[2 * H + j] = dc * i * (scalar_t(1) - g * g);
-      db[3 * H + j] = g_hhat[e] * tc * o * (scalar_t(1) - o);
-      g_c[e] = dc * f;
-    }
-  }
+  return false;
 }
 
 void check_2d(const at::Tensor& t, const char* name, int64_t d0, int64_t d1) {
@@ -118,9 +88,16 @@ std::vector<at::Tensor> forward_typed(const at::Tensor& x, const at::Tensor& h0,
   const auto opts = x.options();
   // The input half of every gate at once; the gates of step t are then completed in place.
   at::Tensor G = at::addmm(bias, x.reshape({T * B, I}), w_ih.t()).view({T, B, 4 * H});
-  at::Tensor C = at::empty({T, B, H}, opts), TC = at::empty({T, B, H}, opts), HH = at::empty({T, B, H}, opts);
-  at::Tensor HS = mem ? at::empty({T, B, H}, opts) : HH;
-  at::Tensor SS = mem ? at::empty({T, B, H}, opts) : at::zeros({T, B, H}, opts);
+  at::Tensor C = at::empty({T, B, H}, opts), TC = at::empty({T, B, H}, opts);
+  // The output (T, B, 2H) is written in place: HS = h_t, its first half; the summaries s_t its second.
+  at::Tensor out = at::empty({T, B, 2 * H}, opts);
+  at::Tensor HS = out.narrow(2, 0, H), SS = out.narrow(2, H, H);
+  at::Tensor HH = mem ? at::empty({T, B, H}, opts) : HS;  // h_hat; without memory h = h_hat
+  at::Tensor summary = at::empty({B, H}, opts);  // the kernel writes contiguous rows
+  if (!mem) {
+    SS.zero_();
+  }
+  const Kernels& kern = kernels(dtype_tag<scalar_t>());
   std::vector<int64_t> slot_of(T, -1);  // the slot step t wrote, or -1
   const int64_t k = mem ? std::min(k_top, S) : 0;
   at::Tensor Q, W, IDX, THR, VALUES, KEYS;
@@ -146,14 +123,12 @@ std::vector<at::Tensor> forward_typed(const at::Tensor& x, const at::Tensor& h0,
     const int64_t tg = step0 + t;
     at::Tensor Gt = G[t];
     Gt.addmm_(h, w_hh_t);
-    Gt.narrow(1, 0, 2 * H).sigmoid_();
-    Gt.narrow(1, 2 * H, H).tanh_();
-    Gt.narrow(1, 3 * H, H).sigmoid_();
-    cell_forward<scalar_t>(Gt.data_ptr<scalar_t>(), c.data_ptr<scalar_t>(), C[t].data_ptr<scalar_t>(),
-                           TC[t].data_ptr<scalar_t>(), HH[t].data_ptr<scalar_t>(), B, H);
+    at::Tensor HHt = HH[t];
+    CellArgs ca{Gt.data_ptr(), c.data_ptr(), C[t].data_ptr(), TC[t].data_ptr(), HHt.data_ptr(), HHt.stride(0), B, H};
+    kern.cell_forward(ca);
     if (mem) {
       at::Tensor Qt = Q[t];
-      at::addmm_out(Qt, bq, HH[t], wq_t);
+      at::addmm_out(Qt, bq, HHt, wq_t);
       std::fill(lengths.begin(), lengths.end(), n);
       ForwardArgs a{};
       a.q = Qt.data_ptr();
@@ -168,13 +143,14 @@ std::vector<at::Tensor> forward_typed(const at::Tensor& x, const at::Tensor& h0,
       a.k_top = k;  // k_top >= S behaves as k_top = S: every row n <= S is in the softmax regime
       a.k = k;
       a.cap = std::min(k, S - 1) + 1;
-      a.summary = SS[t].data_ptr();
+      a.summary = summary.data_ptr();
       a.weights = W[t].data_ptr();
       a.indices = IDX[t].data_ptr<int64_t>();
       a.threshold = THR[t].data_ptr<int64_t>();
       attention_forward_rows(a, dtype_tag<scalar_t>());
+      SS[t].copy_(summary);
       at::Tensor HSt = HS[t];
-      at::add_out(HSt, HH[t], SS[t]);
+      at::add_out(HSt, HHt, summary);
       if (writes_at(tg, k_att)) {
         VALUES.select(1, n).copy_(HS[t]);
         KEYS.select(1, n).copy_(at::mm(HS[t], wm_t));
@@ -185,38 +161,42 @@ std::vector<at::Tensor> forward_typed(const at::Tensor& x, const at::Tensor& h0,
     h = HS[t];
     c = C[t];
   }
-  at::Tensor out = at::cat({HS, SS}, 2);
   at::Tensor h_n = T > 0 ? HS[T - 1].clone() : h0.clone();
   at::Tensor c_n = T > 0 ? C[T - 1].clone() : c0.clone();
   if (!mem) {
-    Q = W = THR = KEYS = at::empty({0}, opts);
+    HH = Q = W = THR = KEYS = at::empty({0}, opts);  // HH was a view of out: not saved twice
     IDX = at::empty({0}, opts.dtype(at::kLong));
   }
   at::Tensor SLOT = at::tensor(slot_of, opts.dtype(at::kLong));
-  return {out, h_n, c_n, VALUES, G, C, TC, HH, HS, Q, W, IDX, THR, KEYS, SLOT};
+  // The backward reads h_t from the output itself (saved as such: an in-place change of it fails the
+  // backward's version check).
+  return {out, h_n, c_n, VALUES, G, C, TC, HH, out, Q, W, IDX, THR, KEYS, SLOT};
 }
 
 template <typename scalar_t>
 std::vector<at::Tensor> backward_typed(const at::Tensor& grad_out, const at::Tensor& grad_h, const at::Tensor& grad_c,
                                        const at::Tensor& grad_memory, const std::vector<at::Tensor>& in,
                                        const std::vector<at::Tensor>& sv, int64_t k_top, int64_t k_trunc,
-                                       int64_t step0) {
+                                       int64_t step0, bool need_grad_x) {
   const at::Tensor &x = in[0], &h0 = in[1], &c0 = in[2], &memory = in[3], &w_ih = in[4], &w_hh = in[5];
   const at::Tensor &wq = in[7], &wm = in[9], &w = in[10];
-  const at::Tensor &VALUES = sv[0], &G = sv[1], &C = sv[2], &TC = sv[3], &HH = sv[4], &HS = sv[5], &Q = sv[6];
+  const at::Tensor &VALUES = sv[0], &G = sv[1], &C = sv[2], &TC = sv[3], &HH = sv[4], &Q = sv[6];
   const at::Tensor &IDX = sv[8], &THR = sv[9], &KEYS = sv[10], &SLOT = sv[11];
   const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = h0.size(1);
+  const at::Tensor HS = sv[5].narrow(2, 0, H);  // h_t: the first half of the output
   const bool mem = k_top > 0;
   const int64_t D = mem ? wq.size(0) : 0;
   const int64_t S = VALUES.size(1), n0 = mem ? memory.size(1) : 0;
   const int64_t k = mem ? IDX.size(2) : 0, R = k + 1;
   const auto opts = x.options();
+  const Kernels& kern = kernels(dtype_tag<scalar_t>());
 
   // Output gradients split into the h and s halves (zeros where autograd gave none).
-  at::Tensor go_h, go_s;
+  at::Tensor go_h, go_s;  // views (T, B, H) with rows 2H apart
   if (given(grad_out)) {
-    go_h = grad_out.narrow(2, 0, H).contiguous();
-    go_s = grad_out.narrow(2, H, H).contiguous();
+    const at::Tensor go = grad_out.contiguous();
+    go_h = go.narrow(2, 0, H);
+    go_s = go.narrow(2, H, H);
   }
   at::Tensor g_h = given(grad_h) ? grad_h.contiguous().clone() : at::zeros({B, H}, opts);  // chain: dL/dh
   at::Tensor g_c = given(grad_c) ? grad_c.contiguous().clone() : at::zeros({B, H}, opts);  // chain: dL/dc
@@ -253,8 +233,7 @@ std::vector<at::Tensor> backward_typed(const at::Tensor& grad_out, const at::Ten
   for (int64_t t = T - 1; t >= 0; --t) {
     const int64_t slot = slot_of[t];
     const bool mail_live = slot >= 0 && touched[slot];
-    const bool out_live = go_h.defined() && (any_nonzero(go_h[t].data_ptr<scalar_t>(), B * H) ||
-                                             any_nonzero(go_s[t].data_ptr<scalar_t>(), B * H));
+    const bool out_live = go_h.defined() && any_nonzero_rows(go_h[t].data_ptr<scalar_t>(), B, 2 * H, 2 * H);
     if (!chain_live && !mail_live && !out_live) {
       dG[t].zero_();
       if (mem) {
@@ -339,9 +318,9 @@ std::vector<at::Tensor> backward_typed(const at::Tensor& grad_out, const at::Ten
         }
       }
     }
-    const scalar_t* c_prev = t > 0 ? C[t - 1].data_ptr<scalar_t>() : c0.data_ptr<scalar_t>();
-    cell_backward<scalar_t>(G[t].data_ptr<scalar_t>(), TC[t].data_ptr<scalar_t>(), c_prev, g_hh.data_ptr<scalar_t>(),
-                            g_c.data_ptr<scalar_t>(), dG[t].data_ptr<scalar_t>(), B, H);
+    CellBackwardArgs cb{G[t].data_ptr(), TC[t].data_ptr(), t > 0 ? C[t - 1].data_ptr() : c0.data_ptr(),
+                        g_hh.data_ptr(), g_c.data_ptr(), dG[t].data_ptr(), B, H};
+    kern.cell_backward(cb);
     if (truncated_at(step0 + t, k_trunc)) {
       // h_{t-1} and c_{t-1} were detached before this step's cell.
       g_h.zero_();
@@ -355,10 +334,13 @@ std::vector<at::Tensor> backward_typed(const at::Tensor& grad_out, const at::Ten
 
   // Weight gradients as single matmuls over all steps (unvisited steps contribute zero rows).
   const at::Tensor dGf = dG.view({T * B, 4 * H});
-  at::Tensor grad_x = at::mm(dGf, w_ih).view({T, B, I});
+  at::Tensor grad_x = need_grad_x ? at::mm(dGf, w_ih).view({T, B, I}) : at::empty({0}, opts);
   at::Tensor g_w_ih = at::mm(dGf.t(), x.reshape({T * B, I}));
-  at::Tensor h_prev = T > 1 ? at::cat({h0.unsqueeze(0), HS.narrow(0, 0, T - 1)}, 0) : h0.unsqueeze(0);
-  at::Tensor g_w_hh = at::mm(dGf.t(), h_prev.reshape({T * B, H}));
+  // dW_hh = sum_t dG_t^T h_{t-1}: h_0 .. h_{T-2} are rows of the output, h_{-1} = h0.
+  at::Tensor g_w_hh = at::mm(dG[0].t(), h0);
+  if (T > 1) {
+    g_w_hh.addmm_(dG.narrow(0, 1, T - 1).reshape({(T - 1) * B, 4 * H}).t(), HS.narrow(0, 0, T - 1).reshape({(T - 1) * B, H}));
+  }
   at::Tensor g_bias = dGf.sum(0);
   at::Tensor g_wq, g_bq, g_mem;
   if (mem) {
@@ -417,11 +399,12 @@ std::vector<at::Tensor> lstm_forward(const at::Tensor& x, const at::Tensor& h0, 
 std::vector<at::Tensor> lstm_backward(const at::Tensor& grad_out, const at::Tensor& grad_h, const at::Tensor& grad_c,
                                       const at::Tensor& grad_memory, const std::vector<at::Tensor>& inputs,
                                       const std::vector<at::Tensor>& saved, int64_t k_top, int64_t k_trunc,
-                                      int64_t step0) {
+                                      int64_t step0, bool need_grad_x) {
   TORCH_CHECK(inputs.size() == 11 && saved.size() == 12, "sab_kernels._C.lstm_backward: expected 11 inputs and "
               "12 saved tensors, got ", inputs.size(), " and ", saved.size());
   return AT_DISPATCH_FLOATING_TYPES(inputs[0].scalar_type(), "sab_lstm_backward", [&] {
-    return backward_typed<scalar_t>(grad_out, grad_h, grad_c, grad_memory, inputs, saved, k_top, k_trunc, step0);
+    return backward_typed<scalar_t>(grad_out, grad_h, grad_c, grad_memory, inputs, saved, k_top, k_trunc, step0,
+                                    need_grad_x);
   });
 }
 

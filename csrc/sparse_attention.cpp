@@ -406,6 +406,10 @@ bool set_capability(const std::string& name) {
 
 }  // namespace
 
+const Kernels& kernels(Dtype dtype) {
+  return table()->by_dtype[static_cast<int>(dtype)];
+}
+
 void attention_forward_rows(const ForwardArgs& a, Dtype dtype) {
   const Kernels& kern = table()->by_dtype[static_cast<int>(dtype)];
   parallel_rows(a.B, a.T * a.D, [&](int64_t b0, int64_t b1) { kern.forward_rows(a, b0, b1); });

@@ -51,7 +51,7 @@ class _FusedSequence(torch.autograd.Function):
         inputs.append((b_ih + b_hh).contiguous())
         inputs += [t.contiguous() if t is not None else empty for t in (wq, bq, wm, w)]
         out, h_n, c_n, *saved = _C.lstm_forward(*inputs, k_top, k_att, k_trunc, step0)
-        ctx.save_for_backward(*inputs, *saved)
+        ctx.save_for_backward(*inputs, *saved)  # saved[5] is `out` itself
         ctx.config = (k_top, k_trunc, step0, stats)
         values = saved[0]  # the slot buffer (B, n, H) is also the memory passed on
         return out, h_n, c_n, values
@@ -66,12 +66,12 @@ class _FusedSequence(torch.autograd.Function):
         grads = [g.contiguous() if g is not None else empty for g in (g_out, g_h, g_c, g_mem)]
         with torch.autocast("cpu", enabled=False):
             gx, gh0, gc0, gmem, gwih, gwhh, gb, gwq, gbq, gwm, gw, visited = _C.lstm_backward(
-                *grads, inputs, saved, k_top, k_trunc, step0
+                *grads, inputs, saved, k_top, k_trunc, step0, ctx.needs_input_grad[1]
             )
         if stats is not None:
             stats.update(steps=inputs[0].shape[0], steps_visited=int(visited))
         att = (gwq, gbq, gwm, gw) if k_top > 0 else (None,) * 4
-        return (None, gx, gh0, gc0, gmem if k_top > 0 else None, gwih, gwhh, gb, gb, *att)
+        return (None, gx if ctx.needs_input_grad[1] else None, gh0, gc0, gmem if k_top > 0 else None, gwih, gwhh, gb, gb, *att)
 
 
 def sequence(
