@@ -20,12 +20,66 @@
 #include <c10/util/Exception.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <string>
 #include <vector>
 
 #include "sab_host.h"
 
+// Fortran BLAS, exported by libtorch_cpu when torch is built with MKL or OpenBLAS. Weak: a torch without them
+// still loads the extension, and gemm() below falls back to ATen. At SAB-LSTM's per-step sizes the
+// dispatcher costs as much as the multiplication itself.
+extern "C" {
+void sgemm_(const char*, const char*, const int*, const int*, const int*, const float*, const float*, const int*,
+            const float*, const int*, const float*, float*, const int*) __attribute__((weak));
+void dgemm_(const char*, const char*, const int*, const int*, const int*, const double*, const double*,
+            const int*, const double*, const int*, const double*, double*, const int*) __attribute__((weak));
+}
+
 namespace sab {
 namespace {
+
+// Row-major C (M x N) = alpha op(A) op(B) + beta C, op(A) M x K, op(B) K x N; lda/ldb/ldc are row strides.
+template <typename T>
+void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda,
+          const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
+  if (M == 0 || N == 0) {
+    return;
+  }
+  // SAB_KERNELS_ATEN_GEMM=1 takes the ATen route even where BLAS is exported (tests hold the two equal).
+  static const bool aten_only = [] {
+    const char* v = std::getenv("SAB_KERNELS_ATEN_GEMM");
+    return v != nullptr && std::string(v) == "1";
+  }();
+  auto* blas = std::is_same_v<T, float> ? reinterpret_cast<void*>(&sgemm_) : reinterpret_cast<void*>(&dgemm_);
+  if (blas != nullptr && !aten_only && K > 0) {
+    // Column-major BLAS sees the row-major matrices transposed: C^T = op(B)^T op(A)^T.
+    const char ta = trans_a ? 'T' : 'N', tb = trans_b ? 'T' : 'N';
+    const int m = int(N), n = int(M), k = int(K), la = int(lda), lb = int(ldb), lc = int(ldc);
+    if constexpr (std::is_same_v<T, float>) {
+      sgemm_(&tb, &ta, &m, &n, &k, &alpha, B, &lb, A, &la, &beta, C, &lc);
+    } else {
+      dgemm_(&tb, &ta, &m, &n, &k, &alpha, B, &lb, A, &la, &beta, C, &lc);
+    }
+    return;
+  }
+  // A matrix stored rows x cols (row stride ld), used transposed or not.
+  const auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
+  auto mat = [&](const T* p, int64_t rows, int64_t cols, int64_t ld, bool trans) {
+    at::Tensor v = at::from_blob(const_cast<T*>(p), {rows, cols}, {ld, 1}, opts);
+    return trans ? v.t() : v;
+  };
+  at::Tensor c = mat(C, M, N, ldc, false);
+  if (beta == T(0)) {
+    c.zero_();
+  } else if (beta != T(1)) {
+    c.mul_(beta);
+  }
+  if (K > 0) {
+    c.addmm_(mat(A, trans_a ? K : M, trans_a ? M : K, lda, trans_a), mat(B, trans_b ? N : K, trans_b ? K : N, ldb, trans_b),
+             1, alpha);
+  }
+}
 
 // Python passes an empty tensor for "no gradient" / "no such input".
 bool given(const at::Tensor& t) {
@@ -55,17 +109,6 @@ bool any_nonzero(const scalar_t* p, int64_t n) {
   return false;
 }
 
-// Any non-zero in rows (B, H) that lie `stride` elements apart.
-template <typename scalar_t>
-bool any_nonzero_rows(const scalar_t* p, int64_t B, int64_t H, int64_t stride) {
-  for (int64_t b = 0; b < B; ++b) {
-    if (any_nonzero(p + b * stride, H)) {
-      return true;
-    }
-  }
-  return false;
-}
-
 void check_2d(const at::Tensor& t, const char* name, int64_t d0, int64_t d1) {
   TORCH_CHECK(t.dim() == 2 && t.size(0) == d0 && t.size(1) == d1, "sab_kernels._C.lstm: ", name,
               " must have shape (", d0, ", ", d1, "), got ", t.sizes());
@@ -77,6 +120,7 @@ std::vector<at::Tensor> forward_typed(const at::Tensor& x, const at::Tensor& h0,
                                       const at::Tensor& bias, const at::Tensor& wq, const at::Tensor& bq,
                                       const at::Tensor& wm, const at::Tensor& w, int64_t k_top, int64_t k_att,
                                       int64_t k_trunc, int64_t step0) {
+  (void)k_trunc;  // truncation only shapes the backward
   const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = h0.size(1);
   const bool mem = k_top > 0;
   const int64_t D = mem ? wq.size(0) : 0;
@@ -85,55 +129,72 @@ std::vector<at::Tensor> forward_typed(const at::Tensor& x, const at::Tensor& h0,
   for (int64_t t = 0; t < T; ++t) {
     S += (mem && writes_at(step0 + t, k_att)) ? 1 : 0;
   }
+  const int64_t k = mem ? std::min(k_top, S) : 0;
   const auto opts = x.options();
+  const Kernels& kern = kernels(dtype_tag<scalar_t>());
+
   // The input half of every gate at once; the gates of step t are then completed in place.
   at::Tensor G = at::addmm(bias, x.reshape({T * B, I}), w_ih.t()).view({T, B, 4 * H});
   at::Tensor C = at::empty({T, B, H}, opts), TC = at::empty({T, B, H}, opts);
-  // The output (T, B, 2H) is written in place: HS = h_t, its first half; the summaries s_t its second.
+  // The output (T, B, 2H), written in place: h_t in its first half, the summary s_t in its second.
   at::Tensor out = at::empty({T, B, 2 * H}, opts);
-  at::Tensor HS = out.narrow(2, 0, H), SS = out.narrow(2, H, H);
-  at::Tensor HH = mem ? at::empty({T, B, H}, opts) : HS;  // h_hat; without memory h = h_hat
-  at::Tensor summary = at::empty({B, H}, opts);  // the kernel writes contiguous rows
-  if (!mem) {
-    SS.zero_();
-  }
-  const Kernels& kern = kernels(dtype_tag<scalar_t>());
+  at::Tensor HH = mem ? at::empty({T, B, H}, opts) : at::empty({0}, opts);  // h_hat (without memory: h itself)
+  at::Tensor Q = at::empty({mem ? T : 0, B, D}, opts);
+  at::Tensor W = at::empty({mem ? T : 0, B, k}, opts);
+  at::Tensor IDX = at::empty({mem ? T : 0, B, k}, opts.dtype(at::kLong));
+  at::Tensor THR = at::empty({mem ? T : 0, B}, opts.dtype(at::kLong));
+  at::Tensor VALUES = at::empty({B, S, H}, opts), KEYS = at::empty({B, S, D}, opts);
+  at::Tensor summary = at::empty({B, H}, opts);
   std::vector<int64_t> slot_of(T, -1);  // the slot step t wrote, or -1
-  const int64_t k = mem ? std::min(k_top, S) : 0;
-  at::Tensor Q, W, IDX, THR, VALUES, KEYS;
+
+  scalar_t* Gp = G.data_ptr<scalar_t>();
+  scalar_t* Cp = C.data_ptr<scalar_t>();
+  scalar_t* TCp = TC.data_ptr<scalar_t>();
+  scalar_t* outp = out.data_ptr<scalar_t>();
+  scalar_t* HHp = mem ? HH.data_ptr<scalar_t>() : nullptr;
+  scalar_t* vals = VALUES.data_ptr<scalar_t>();
+  scalar_t* keys = KEYS.data_ptr<scalar_t>();
+  scalar_t* sum = summary.data_ptr<scalar_t>();
+  const scalar_t* whh = w_hh.data_ptr<scalar_t>();
+  const scalar_t* wqp = mem ? wq.data_ptr<scalar_t>() : nullptr;
+  const scalar_t* bqp = mem ? bq.data_ptr<scalar_t>() : nullptr;
+  const scalar_t* wmp = mem ? wm.data_ptr<scalar_t>() : nullptr;
   if (mem) {
-    Q = at::empty({T, B, D}, opts);
-    W = at::empty({T, B, k}, opts);
-    IDX = at::empty({T, B, k}, opts.dtype(at::kLong));
-    THR = at::empty({T, B}, opts.dtype(at::kLong));
-    VALUES = at::empty({B, S, H}, opts);
-    KEYS = at::empty({B, S, D}, opts);
-    VALUES.narrow(1, 0, n0).copy_(memory);
-    for (int64_t j = 0; j < n0; ++j) {  // one slot at a time, as the step loop writes them (the same bits)
-      KEYS.select(1, j).copy_(at::mm(memory.select(1, j), wm.t()));
+    const scalar_t* m = memory.data_ptr<scalar_t>();
+    for (int64_t b = 0; b < B; ++b) {
+      std::copy_n(m + b * n0 * H, n0 * H, vals + b * S * H);
     }
-  } else {
-    VALUES = at::empty({B, 0, H}, opts);
+    for (int64_t j = 0; j < n0; ++j) {  // one slot at a time, as the step loop writes them (the same bits)
+      gemm<scalar_t>(false, true, B, D, H, 1, m + j * H, n0 * H, wmp, H, 0, keys + j * D, S * D);
+    }
   }
-  const at::Tensor w_hh_t = w_hh.t(), wq_t = mem ? wq.t() : at::Tensor(), wm_t = mem ? wm.t() : at::Tensor();
   std::vector<int64_t> lengths(B, n0);
   int64_t n = n0;
-  at::Tensor h = h0, c = c0;
+  const scalar_t* h = h0.data_ptr<scalar_t>();
+  const scalar_t* c = c0.data_ptr<scalar_t>();
+  int64_t ldh = H;
   for (int64_t t = 0; t < T; ++t) {
-    const int64_t tg = step0 + t;
-    at::Tensor Gt = G[t];
-    Gt.addmm_(h, w_hh_t);
-    at::Tensor HHt = HH[t];
-    CellArgs ca{Gt.data_ptr(), c.data_ptr(), C[t].data_ptr(), TC[t].data_ptr(), HHt.data_ptr(), HHt.stride(0), B, H};
+    scalar_t* gt = Gp + t * B * 4 * H;
+    scalar_t* ht = outp + t * B * 2 * H;  // h_t, rows 2H apart; s_t at ht + H
+    gemm<scalar_t>(false, true, B, 4 * H, H, 1, h, ldh, whh, H, 1, gt, 4 * H);
+    scalar_t* hh = mem ? HHp + t * B * H : ht;
+    CellArgs ca{gt, c, Cp + t * B * H, TCp + t * B * H, hh, mem ? H : 2 * H, B, H};
     kern.cell_forward(ca);
-    if (mem) {
-      at::Tensor Qt = Q[t];
-      at::addmm_out(Qt, bq, HHt, wq_t);
+    if (!mem) {
+      for (int64_t b = 0; b < B; ++b) {
+        std::fill_n(ht + b * 2 * H + H, H, scalar_t(0));
+      }
+    } else {
+      scalar_t* qt = Q.data_ptr<scalar_t>() + t * B * D;
+      for (int64_t b = 0; b < B; ++b) {
+        std::copy_n(bqp, D, qt + b * D);
+      }
+      gemm<scalar_t>(false, true, B, D, H, 1, hh, H, wqp, H, 1, qt, D);
       std::fill(lengths.begin(), lengths.end(), n);
       ForwardArgs a{};
-      a.q = Qt.data_ptr();
-      a.keys = KEYS.data_ptr();
-      a.values = VALUES.data_ptr();
+      a.q = qt;
+      a.keys = keys;
+      a.values = vals;
       a.w = w.data_ptr();
       a.lengths = lengths.data();
       a.B = B;
@@ -143,30 +204,32 @@ std::vector<at::Tensor> forward_typed(const at::Tensor& x, const at::Tensor& h0,
       a.k_top = k;  // k_top >= S behaves as k_top = S: every row n <= S is in the softmax regime
       a.k = k;
       a.cap = std::min(k, S - 1) + 1;
-      a.summary = summary.data_ptr();
-      a.weights = W[t].data_ptr();
-      a.indices = IDX[t].data_ptr<int64_t>();
-      a.threshold = THR[t].data_ptr<int64_t>();
+      a.summary = sum;
+      a.weights = W.data_ptr<scalar_t>() + t * B * k;
+      a.indices = IDX.data_ptr<int64_t>() + t * B * k;
+      a.threshold = THR.data_ptr<int64_t>() + t * B;
       attention_forward_rows(a, dtype_tag<scalar_t>());
-      SS[t].copy_(summary);
-      at::Tensor HSt = HS[t];
-      at::add_out(HSt, HHt, summary);
-      if (writes_at(tg, k_att)) {
-        VALUES.select(1, n).copy_(HS[t]);
-        KEYS.select(1, n).copy_(at::mm(HS[t], wm_t));
-        slot_of[t] = n;
-        ++n;
+      for (int64_t b = 0; b < B; ++b) {  // h = h_hat + s
+        scalar_t* row = ht + b * 2 * H;
+        for (int64_t j = 0; j < H; ++j) {
+          row[H + j] = sum[b * H + j];
+          row[j] = hh[b * H + j] + sum[b * H + j];
+        }
+      }
+      if (writes_at(step0 + t, k_att)) {
+        for (int64_t b = 0; b < B; ++b) {
+          std::copy_n(ht + b * 2 * H, H, vals + (b * S + n) * H);
+        }
+        gemm<scalar_t>(false, true, B, D, H, 1, ht, 2 * H, wmp, H, 0, keys + n * D, S * D);
+        slot_of[t] = n++;
       }
     }
-    h = HS[t];
-    c = C[t];
+    h = ht;
+    ldh = 2 * H;
+    c = Cp + t * B * H;
   }
-  at::Tensor h_n = T > 0 ? HS[T - 1].clone() : h0.clone();
+  at::Tensor h_n = T > 0 ? out[T - 1].narrow(1, 0, H).clone() : h0.clone();
   at::Tensor c_n = T > 0 ? C[T - 1].clone() : c0.clone();
-  if (!mem) {
-    HH = Q = W = THR = KEYS = at::empty({0}, opts);  // HH was a view of out: not saved twice
-    IDX = at::empty({0}, opts.dtype(at::kLong));
-  }
   at::Tensor SLOT = at::tensor(slot_of, opts.dtype(at::kLong));
   // The backward reads h_t from the output itself (saved as such: an in-place change of it fails the
   // backward's version check).
@@ -180,10 +243,9 @@ std::vector<at::Tensor> backward_typed(const at::Tensor& grad_out, const at::Ten
                                        int64_t step0, bool need_grad_x) {
   const at::Tensor &x = in[0], &h0 = in[1], &c0 = in[2], &memory = in[3], &w_ih = in[4], &w_hh = in[5];
   const at::Tensor &wq = in[7], &wm = in[9], &w = in[10];
-  const at::Tensor &VALUES = sv[0], &G = sv[1], &C = sv[2], &TC = sv[3], &HH = sv[4], &Q = sv[6];
+  const at::Tensor &VALUES = sv[0], &G = sv[1], &C = sv[2], &TC = sv[3], &HH = sv[4], &out = sv[5], &Q = sv[6];
   const at::Tensor &IDX = sv[8], &THR = sv[9], &KEYS = sv[10], &SLOT = sv[11];
   const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = h0.size(1);
-  const at::Tensor HS = sv[5].narrow(2, 0, H);  // h_t: the first half of the output
   const bool mem = k_top > 0;
   const int64_t D = mem ? wq.size(0) : 0;
   const int64_t S = VALUES.size(1), n0 = mem ? memory.size(1) : 0;
@@ -191,76 +253,92 @@ std::vector<at::Tensor> backward_typed(const at::Tensor& grad_out, const at::Ten
   const auto opts = x.options();
   const Kernels& kern = kernels(dtype_tag<scalar_t>());
 
-  // Output gradients split into the h and s halves (zeros where autograd gave none).
-  at::Tensor go_h, go_s;  // views (T, B, H) with rows 2H apart
-  if (given(grad_out)) {
-    const at::Tensor go = grad_out.contiguous();
-    go_h = go.narrow(2, 0, H);
-    go_s = go.narrow(2, H, H);
-  }
-  at::Tensor g_h = given(grad_h) ? grad_h.contiguous().clone() : at::zeros({B, H}, opts);  // chain: dL/dh
-  at::Tensor g_c = given(grad_c) ? grad_c.contiguous().clone() : at::zeros({B, H}, opts);  // chain: dL/dc
-  bool chain_live = any_nonzero(g_h.data_ptr<scalar_t>(), B * H) || any_nonzero(g_c.data_ptr<scalar_t>(), B * H);
+  const at::Tensor go = given(grad_out) ? grad_out.contiguous() : at::Tensor();  // (T, B, 2H)
+  const scalar_t* gop = go.defined() ? go.data_ptr<scalar_t>() : nullptr;
+  at::Tensor g_h = given(grad_h) ? grad_h.contiguous().clone() : at::zeros({B, H}, opts);  // the chain's dL/dh
+  at::Tensor g_c = given(grad_c) ? grad_c.contiguous().clone() : at::zeros({B, H}, opts);  // the chain's dL/dc
+  scalar_t* ghp = g_h.data_ptr<scalar_t>();
+  bool chain_live = any_nonzero(ghp, B * H) || any_nonzero(g_c.data_ptr<scalar_t>(), B * H);
 
   // The mailbox: dL/dm for every slot, filled by the attentions that selected it.
   at::Tensor mail = at::zeros({B, S, H}, opts);
+  scalar_t* mailp = mail.data_ptr<scalar_t>();
   std::vector<char> touched(S, 0);
   if (given(grad_memory) && S > 0) {
     mail.copy_(grad_memory);
-    const scalar_t* gm = mail.data_ptr<scalar_t>();
     for (int64_t b = 0; b < B; ++b) {
       for (int64_t j = 0; j < S; ++j) {
-        touched[j] |= any_nonzero(gm + (b * S + j) * H, H);
+        touched[j] |= any_nonzero(mailp + (b * S + j) * H, H);
       }
     }
   }
 
   at::Tensor dG = at::empty({T, B, 4 * H}, opts);
-  at::Tensor dQ = mem ? at::empty({T, B, D}, opts) : at::Tensor();
-  at::Tensor g_w = at::zeros({D}, opts), g_wm = mem ? at::zeros({D, H}, opts) : at::Tensor();
+  at::Tensor dQ = at::empty({mem ? T : 0, B, D}, opts);
+  at::Tensor g_w = at::zeros({D}, opts), g_wm = at::zeros({mem ? D : 0, H}, opts);
   // The compact attention problem of one step: rows 0..k-1 the selected entries, row k the threshold slot.
-  at::Tensor kc = at::zeros({B, R, D}, opts), vc = at::zeros({B, R, H}, opts);
+  at::Tensor kc = at::zeros({B, R, D}, opts), vc = at::zeros({B, R, H}, opts), dm = at::empty({B, R, H}, opts);
   at::Tensor ic = at::empty({B, k}, opts.dtype(at::kLong)), tc_idx = at::empty({B}, opts.dtype(at::kLong));
   at::Tensor gw_zero = at::zeros({B, k}, opts), gq = at::empty({B, D}, opts);
   at::Tensor gk = at::empty({B, R, D}, opts), gv = at::empty({B, R, H}, opts), part = at::empty({B, D}, opts);
   at::Tensor g_hh = at::empty({B, H}, opts), g_s = at::empty({B, H}, opts);
+  scalar_t *kcp = kc.data_ptr<scalar_t>(), *vcp = vc.data_ptr<scalar_t>(), *dmp = dm.data_ptr<scalar_t>();
+  scalar_t *gqp = gq.data_ptr<scalar_t>(), *gkp = gk.data_ptr<scalar_t>(), *gvp = gv.data_ptr<scalar_t>();
+  scalar_t *partp = part.data_ptr<scalar_t>(), *gwp = g_w.data_ptr<scalar_t>(), *gwmp = g_wm.data_ptr<scalar_t>();
+  scalar_t *ghhp = g_hh.data_ptr<scalar_t>(), *gsp = g_s.data_ptr<scalar_t>();
+  int64_t* icp = ic.data_ptr<int64_t>();
+  int64_t* tcp = tc_idx.data_ptr<int64_t>();
   const scalar_t* keys = mem ? KEYS.data_ptr<scalar_t>() : nullptr;
   const scalar_t* values = mem ? VALUES.data_ptr<scalar_t>() : nullptr;
-  scalar_t* mailp = mail.data_ptr<scalar_t>();
+  const scalar_t* whh = w_hh.data_ptr<scalar_t>();
+  const scalar_t* wqp = mem ? wq.data_ptr<scalar_t>() : nullptr;
+  const scalar_t* wmp = mem ? wm.data_ptr<scalar_t>() : nullptr;
+  const scalar_t* Gp = G.data_ptr<scalar_t>();
+  const scalar_t* Cp = C.data_ptr<scalar_t>();
+  const scalar_t* TCp = TC.data_ptr<scalar_t>();
+  scalar_t* dGp = dG.data_ptr<scalar_t>();
+  scalar_t* dQp = mem ? dQ.data_ptr<scalar_t>() : nullptr;
   const int64_t* slot_of = SLOT.data_ptr<int64_t>();
   int64_t visited = 0;
 
   for (int64_t t = T - 1; t >= 0; --t) {
     const int64_t slot = slot_of[t];
     const bool mail_live = slot >= 0 && touched[slot];
-    const bool out_live = go_h.defined() && any_nonzero_rows(go_h[t].data_ptr<scalar_t>(), B, 2 * H, 2 * H);
+    const scalar_t* got = gop ? gop + t * B * 2 * H : nullptr;  // dL/d(h_t, s_t), rows 2H apart
+    const bool out_live = got != nullptr && any_nonzero(got, B * 2 * H);
     if (!chain_live && !mail_live && !out_live) {
-      dG[t].zero_();
+      // Nothing reaches this step: its cell and attention are never replayed.
+      std::fill_n(dGp + t * B * 4 * H, B * 4 * H, scalar_t(0));
       if (mem) {
-        dQ[t].zero_();
+        std::fill_n(dQp + t * B * D, B * D, scalar_t(0));
       }
-      continue;  // nothing reaches this step: its cell and attention are never replayed
+      continue;
     }
     ++visited;
-    // dL/dh_t, into g_h (which holds the chain's share).
-    if (go_h.defined()) {
-      g_h.add_(go_h[t]);
-    }
-    if (mail_live) {
-      g_h.add_(mail.select(1, slot));
-    }
-    g_hh.copy_(g_h);  // h = h_hat + s: dL/dh_hat starts as dL/dh
-    if (mem) {
-      g_s.copy_(g_h);
-      if (go_s.defined()) {
-        g_s.add_(go_s[t]);
+    // dL/dh_t = the chain's + the output's + the mailbox's; h = h_hat + s, so dL/dh_hat starts as dL/dh_t.
+    for (int64_t b = 0; b < B; ++b) {
+      scalar_t* gh = ghp + b * H;
+      if (out_live) {
+        for (int64_t j = 0; j < H; ++j) {
+          gh[j] += got[b * 2 * H + j];
+        }
       }
-      const int64_t* idx = IDX[t].data_ptr<int64_t>();
-      const int64_t* thr = THR[t].data_ptr<int64_t>();
-      scalar_t* kcp = kc.data_ptr<scalar_t>();
-      scalar_t* vcp = vc.data_ptr<scalar_t>();
-      int64_t* icp = ic.data_ptr<int64_t>();
-      int64_t* tcp = tc_idx.data_ptr<int64_t>();
+      if (mail_live) {
+        const scalar_t* ml = mailp + (b * S + slot) * H;
+        for (int64_t j = 0; j < H; ++j) {
+          gh[j] += ml[j];
+        }
+      }
+    }
+    std::copy_n(ghp, B * H, ghhp);
+    if (mem) {
+      for (int64_t b = 0; b < B; ++b) {  // dL/ds = dL/dh + the output's dL/ds
+        for (int64_t j = 0; j < H; ++j) {
+          gsp[b * H + j] = ghp[b * H + j] + (out_live ? got[b * 2 * H + H + j] : scalar_t(0));
+        }
+      }
+      const int64_t* idx = IDX.data_ptr<int64_t>() + t * B * k;
+      const int64_t* thr = THR.data_ptr<int64_t>() + t * B;
       for (int64_t b = 0; b < B; ++b) {
         for (int64_t r = 0; r < R; ++r) {
           const int64_t s = r < k ? idx[b * k + r] : thr[b];
@@ -276,11 +354,11 @@ std::vector<at::Tensor> backward_typed(const at::Tensor& grad_out, const at::Ten
         }
       }
       BackwardArgs a{};
-      a.grad_summary = g_s.data_ptr();
+      a.grad_summary = gsp;
       a.grad_weights = gw_zero.data_ptr();
-      a.q = Q[t].data_ptr();
-      a.keys = kc.data_ptr();
-      a.values = vc.data_ptr();
+      a.q = Q.data_ptr<scalar_t>() + t * B * D;
+      a.keys = kcp;
+      a.values = vcp;
       a.w = w.data_ptr();
       a.indices = icp;
       a.threshold = tcp;
@@ -289,20 +367,24 @@ std::vector<at::Tensor> backward_typed(const at::Tensor& grad_out, const at::Ten
       a.D = D;
       a.H = H;
       a.k = k;
-      a.grad_query = gq.data_ptr();
-      a.grad_keys = gk.data_ptr();
-      a.grad_values = gv.data_ptr();
-      a.grad_w_partial = part.data_ptr();
+      a.grad_query = gqp;
+      a.grad_keys = gkp;
+      a.grad_values = gvp;
+      a.grad_w_partial = partp;
       a.keys_zeroed = false;
       a.values_zeroed = false;
       attention_backward_rows(a, dtype_tag<scalar_t>());
-      g_w.add_(part.sum(0));  // row order: deterministic
-      dQ[t].copy_(gq);
-      g_hh.addmm_(gq, wq);
+      for (int64_t b = 0; b < B; ++b) {  // row order: deterministic
+        for (int64_t d = 0; d < D; ++d) {
+          gwp[d] += partp[b * D + d];
+        }
+      }
+      std::copy_n(gqp, B * D, dQp + t * B * D);
+      gemm<scalar_t>(false, false, B, H, D, 1, gqp, D, wqp, H, 1, ghhp, H);  // q = W_h h_hat + b
       // Keys are W_m m: dL/dm = dL/dv + dL/dk W_m, and dL/dW_m = sum dk m^T.
-      at::Tensor dm = at::addmm(gv.view({B * R, H}), gk.view({B * R, D}), wm);
-      g_wm.addmm_(gk.view({B * R, D}).t(), vc.view({B * R, H}));
-      const scalar_t* dmp = dm.data_ptr<scalar_t>();
+      std::copy_n(gvp, B * R * H, dmp);
+      gemm<scalar_t>(false, false, B * R, H, D, 1, gkp, D, wmp, H, 1, dmp, H);
+      gemm<scalar_t>(true, false, D, H, B * R, 1, gkp, D, vcp, H, 1, gwmp, H);
       for (int64_t b = 0; b < B; ++b) {
         for (int64_t r = 0; r < R; ++r) {
           const int64_t s = r < k ? idx[b * k + r] : thr[b];
@@ -318,8 +400,9 @@ std::vector<at::Tensor> backward_typed(const at::Tensor& grad_out, const at::Ten
         }
       }
     }
-    CellBackwardArgs cb{G[t].data_ptr(), TC[t].data_ptr(), t > 0 ? C[t - 1].data_ptr() : c0.data_ptr(),
-                        g_hh.data_ptr(), g_c.data_ptr(), dG[t].data_ptr(), B, H};
+    scalar_t* dgt = dGp + t * B * 4 * H;
+    CellBackwardArgs cb{Gp + t * B * 4 * H, TCp + t * B * H, t > 0 ? Cp + (t - 1) * B * H : c0.data_ptr<scalar_t>(),
+                        ghhp, g_c.data_ptr<scalar_t>(), dgt, B, H};
     kern.cell_backward(cb);
     if (truncated_at(step0 + t, k_trunc)) {
       // h_{t-1} and c_{t-1} were detached before this step's cell.
@@ -327,7 +410,7 @@ std::vector<at::Tensor> backward_typed(const at::Tensor& grad_out, const at::Ten
       g_c.zero_();
       chain_live = false;
     } else {
-      at::mm_out(g_h, dG[t], w_hh);
+      gemm<scalar_t>(false, false, B, H, 4 * H, 1, dgt, 4 * H, whh, H, 0, ghp, H);
       chain_live = true;
     }
   }
@@ -339,7 +422,8 @@ std::vector<at::Tensor> backward_typed(const at::Tensor& grad_out, const at::Ten
   // dW_hh = sum_t dG_t^T h_{t-1}: h_0 .. h_{T-2} are rows of the output, h_{-1} = h0.
   at::Tensor g_w_hh = at::mm(dG[0].t(), h0);
   if (T > 1) {
-    g_w_hh.addmm_(dG.narrow(0, 1, T - 1).reshape({(T - 1) * B, 4 * H}).t(), HS.narrow(0, 0, T - 1).reshape({(T - 1) * B, H}));
+    gemm<scalar_t>(true, false, 4 * H, H, (T - 1) * B, 1, dGp + B * 4 * H, 4 * H, out.data_ptr<scalar_t>(), 2 * H, 1,
+                   g_w_hh.data_ptr<scalar_t>(), H);
   }
   at::Tensor g_bias = dGf.sum(0);
   at::Tensor g_wq, g_bq, g_mem;
