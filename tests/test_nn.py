@@ -1,5 +1,5 @@
-"""sab_kernels.nn: the memory (in-place slot writes), SABLSTM against a naive autograd twin, its limits
-(nn.LSTM, dense attention), and sparse replay: gradient reaches exactly the slots the op selected.
+"""sab_kernels.nn: the memory (in-place slot writes), SABLSTM (both paths) against a naive autograd twin, its
+limits (nn.LSTM, dense attention), and sparse replay: gradient reaches exactly the slots the op selected.
 
 Every test names backend="cpu": conftest sets TRITON_INTERPRET=1, so "auto" would run the Triton interpreter.
 """
@@ -13,6 +13,7 @@ from sab_kernels import sparse_attention_reference
 from sab_kernels.nn import SABLSTM, SparseAttentiveMemory, build_model
 
 BACKEND = "cpu"
+PATHS = ["fused", "step"]  # the fused C++ sequence and the per-step module (tests/test_sab_lstm_paths.py)
 pytestmark = pytest.mark.filterwarnings("ignore:sab_kernels. the compiled CPU kernels")
 
 
@@ -67,9 +68,10 @@ def _grads(module, out, seed=1):
         pytest.param(2, 1, None, id="sparse-no-trunc"),
     ],
 )
-def test_sab_lstm_matches_naive_autograd(k_top, k_att, k_trunc):
+@pytest.mark.parametrize("path", PATHS)
+def test_sab_lstm_matches_naive_autograd(k_top, k_att, k_trunc, path):
     torch.manual_seed(0)
-    core = SABLSTM(3, 5, k_top, k_att, k_trunc, attn_dim=4, backend=BACKEND).double()
+    core = SABLSTM(3, 5, k_top, k_att, k_trunc, attn_dim=4, backend=BACKEND, path=path).double()
     x = torch.randn(17, 2, 3, dtype=torch.float64)
     out, (h_n, c_n) = core(x)
     ref = naive_sab(core, x)
@@ -80,9 +82,10 @@ def test_sab_lstm_matches_naive_autograd(k_top, k_att, k_trunc):
         torch.testing.assert_close(got[name], want[name], atol=1e-9, rtol=1e-9, msg=name)
 
 
-def test_bptt_limit_equals_torch_lstm_and_batch_first():
+@pytest.mark.parametrize("path", PATHS)
+def test_bptt_limit_equals_torch_lstm_and_batch_first(path):
     torch.manual_seed(0)
-    core = SABLSTM(3, 6, k_top=0, k_trunc=None, batch_first=True, backend=BACKEND).double()
+    core = SABLSTM(3, 6, k_top=0, k_trunc=None, batch_first=True, backend=BACKEND, path=path).double()
     lstm = torch.nn.LSTM(3, 6, batch_first=True).double()
     with torch.no_grad():
         lstm.weight_ih_l0.copy_(core.weight_ih)
@@ -104,24 +107,20 @@ def test_memory_append_writes_in_place_and_grows():
     torch.manual_seed(0)
     mem = SparseAttentiveMemory(4, 3, k_top=2, backend=BACKEND)
     h0 = torch.zeros(2, 4)
-    mem.reset(h0, capacity=3)
-    buf = mem._values
+    state = mem.start(h0.unsqueeze(1), capacity=3)
+    buf = state.values
     hs = [torch.randn(2, 4) for _ in range(5)]
-    mem.append(hs[0])
-    mem.append(hs[1])
-    assert mem._values is buf and mem.size == 3  # within capacity: written in place, no new buffer
+    mem.append(state, hs[0])
+    mem.append(state, hs[1])
+    assert state.values is buf and state.n == 3  # within capacity: written in place, no new buffer
     for h in hs[2:]:
-        mem.append(h)  # grows by doubling, keeps the contents
-    assert mem.size == 6 and mem._values.shape[1] >= 6
-    torch.testing.assert_close(mem.values, torch.stack([h0, *hs], 1))
-    torch.testing.assert_close(mem.keys, mem.key_proj(torch.stack([h0, *hs], 1)).detach())
-    att = mem.attend(torch.randn(2, 4))
+        mem.append(state, h)  # grows by doubling, keeps the contents
+    assert state.n == 6 and state.values.shape[1] >= 6
+    torch.testing.assert_close(state.values[:, :6], torch.stack([h0, *hs], 1))
+    torch.testing.assert_close(state.keys[:, :6], mem.key_proj(torch.stack([h0, *hs], 1)).detach())
+    torch.testing.assert_close(mem.export(state), torch.stack([h0, *hs], 1))
+    att = mem.attend(state, torch.randn(2, 4))
     assert att.summary.shape == (2, 4) and att.indices.shape == (2, 2) and att.threshold.shape == (2,)
-
-
-def test_attend_before_reset_raises():
-    with pytest.raises(RuntimeError, match="reset"):
-        SparseAttentiveMemory(4, 3, 2, backend=BACKEND).attend(torch.randn(1, 4))
 
 
 def _random_state(B, H):
@@ -182,10 +181,10 @@ def test_unselected_slots_graphs_are_never_visited():
     mem = SparseAttentiveMemory(H, 3, k_top=2, backend=BACKEND).double()
     leaves = [torch.randn(B, H, dtype=torch.float64, requires_grad=True) for _ in range(n)]
     h_hat = torch.randn(B, H, dtype=torch.float64)
-    mem.reset(leaves[0] * 1.0)
+    state = mem.start((leaves[0] * 1.0).unsqueeze(1))
     for leaf in leaves[1:]:
-        mem.append(leaf * 1.0)  # each slot has its own little graph back to its leaf
-    att = mem.attend(h_hat)
+        mem.append(state, leaf * 1.0)  # each slot has its own little graph back to its leaf
+    att = mem.attend(state, h_hat)
     att.summary.sum().backward()
     chosen = set(att.indices.reshape(-1).tolist()) | set(att.threshold.tolist())
     assert len(chosen) < n
@@ -225,23 +224,24 @@ def test_step_autograd_inputs_do_not_grow_with_slots():
     torch.manual_seed(0)
     mem = SparseAttentiveMemory(4, 3, k_top=2, backend=BACKEND)
     h = torch.randn(2, 4, requires_grad=True)
-    mem.reset(h * 1.0, capacity=2)  # small: the buffer grows (and the mailbox with it) along the way
+    state = mem.start((h * 1.0).unsqueeze(1), capacity=2)  # small: the buffer grows (and the mailbox with it)
     attend_inputs, write_inputs = set(), set()
     for i in range(40):
-        att = mem.attend(h * 0.5)
+        att = mem.attend(state, h * 0.5)
         attend_inputs.add(len(att.summary.grad_fn.next_functions))
-        mem.append(h * float(i))
-        write_inputs.add(len(mem._token.grad_fn.next_functions))
-    assert mem.size == 41
+        mem.append(state, h * float(i))
+        write_inputs.add(len(state.token.grad_fn.next_functions))
+    assert state.n == 41
     assert len(attend_inputs) == 1 and len(write_inputs) == 1, (attend_inputs, write_inputs)
     assert attend_inputs.pop() <= 8  # query, score_weight, key_weight, token and non-tensor slots
 
 
-def test_backward_twice_with_retain_graph_matches_naive():
+@pytest.mark.parametrize("path", PATHS)
+def test_backward_twice_with_retain_graph_matches_naive(path):
     """A second backward over the retained graph adds the same gradients again (the mailbox is emptied as
     it is read), exactly as for the naive autograd twin."""
     torch.manual_seed(0)
-    core = SABLSTM(3, 5, k_top=2, k_att=1, k_trunc=4, attn_dim=4, backend=BACKEND).double()
+    core = SABLSTM(3, 5, k_top=2, k_att=1, k_trunc=4, attn_dim=4, backend=BACKEND, path=path).double()
     x = torch.randn(17, 2, 3, dtype=torch.float64)
     out, _ = core(x)
     ref = naive_sab(core, x)
@@ -259,11 +259,12 @@ def test_backward_twice_with_retain_graph_matches_naive():
         torch.testing.assert_close(grads[0][name], grads[1][name], atol=1e-9, rtol=1e-9, msg=name)
 
 
-def test_partial_backward_leaves_no_stale_mailbox():
+@pytest.mark.parametrize("path", PATHS)
+def test_partial_backward_leaves_no_stale_mailbox(path):
     """torch.autograd.grad with `inputs` skips the writes that lead to none of them (here slot 0's, from the
     initial state): the gradient that pass left in their mailbox must not leak into a later full backward."""
     torch.manual_seed(0)
-    core = SABLSTM(3, 5, k_top=2, k_att=1, k_trunc=4, attn_dim=4, backend=BACKEND).double()
+    core = SABLSTM(3, 5, k_top=2, k_att=1, k_trunc=4, attn_dim=4, backend=BACKEND, path=path).double()
     x = torch.randn(17, 2, 3, dtype=torch.float64)
     h0, c0 = (t.requires_grad_(True) for t in _random_state(2, 5))
 
