@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 TRITON_SPEC ?= triton==3.7.1
 
-.PHONY: install demo test bench bench-quick bench-cuda clean
+.PHONY: install demo test bench bench-quick bench-lstm bench-cuda clean
 
 $(VENV)/.installed: setup.py $(wildcard csrc/*.cpp csrc/*.h)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,9 @@ bench: install
 
 bench-quick: install
 	$(PY) -m sab_kernels.bench --quick --out bench/results/cpu-quick
+
+bench-lstm: install
+	$(PY) -m sab_kernels.bench.lstm_table --threads 1 --out bench/results/cpu-lstm-table
 
 bench-cuda: install
 	$(PY) -m sab_kernels.bench --device cuda --out bench/results/cuda

@@ -102,7 +102,8 @@ def run_overhead(device: str, quick: bool, progress: Optional[Callable[[str], No
     xs = torch.randn(steps, B, H, generator=g).to(device)
     for label, k_top in (("SAB-LSTM step", k), ("LSTM loop step (k_top=0)", 0)):
         tick(f"overhead {label}")
-        model = SABLSTM(H, H, k_top=k_top, k_att=1, k_trunc=None, backend=backend).to(device)
+        # The per-step loop: its cost per op call is what this section measures (the fused path has none).
+        model = SABLSTM(H, H, k_top=k_top, k_att=1, k_trunc=None, backend=backend, path="step").to(device)
         with torch.no_grad():
             t = timing.wall_per_call_us(device, lambda: model(xs), max(2, calls // 20), repeats, warmup=2)
         t = timing.Timing(t.median_ms / steps, t.p25_ms / steps, t.p75_ms / steps, t.reps)
@@ -167,14 +168,21 @@ def lstm_models(device: str, cfg: LSTMConfig) -> Tuple[List[Tuple[str, str, Call
     SABLSTM, why = load_sablstm()
     if SABLSTM is None:
         return models, [f"SAB-LSTM rows skipped: {why}"]
-    for name, label, backend in (("SAB-LSTM", "SAB-LSTM (fused op)", fused_backend(device)),
-                                 ("SAB-LSTM ref", "SAB-LSTM (reference op)", "reference")):
-        def factory(backend=backend):
-            core = SABLSTM(I, Hd, k_top=cfg.k_top, k_att=cfg.k_att, k_trunc=cfg.k_trunc, backend=backend)
+    fused = device == "cpu" and SABLSTM(I, Hd, backend="cpu").uses_fused_path(torch.zeros(1, 1, I))
+    variants = [("SAB-LSTM", "SAB-LSTM (fused op, per-step loop)", fused_backend(device), cfg.k_top, "step"),
+                ("SAB-LSTM ref", "SAB-LSTM (reference op)", "reference", cfg.k_top, "step"),
+                ("TBPTT per-step", "truncated-BPTT LSTM (k_top=0), per-step loop", fused_backend(device), 0, "step")]
+    if fused:
+        variants[:0] = [("SAB-LSTM fused", "SAB-LSTM, fused sequence (csrc/sab_lstm.cpp)", "cpu", cfg.k_top, "fused"),
+                        ("TBPTT fused", "truncated-BPTT LSTM (k_top=0), fused sequence", "cpu", 0, "fused")]
+    for name, label, backend, k_top, path in variants:
+        def factory(backend=backend, k_top=k_top, path=path):
+            core = SABLSTM(I, Hd, k_top=k_top, k_att=cfg.k_att, k_trunc=cfg.k_trunc, backend=backend, path=path)
             return _Tagger(core, 2 * Hd, C)
 
         models.append((name, label, factory))
-    return models, []
+    notes = [] if fused else ["fused SAB-LSTM rows: the fused sequence path runs on CPU tensors with the compiled extension"]
+    return models, notes
 
 
 REFERENCE_MAX_T = 512  # SAB-LSTM with the reference op: its cost per step grows with the memory; enough for scale
@@ -239,7 +247,8 @@ def run_lstm(device: str, quick: bool, timing_cfg: timing.TimingConfig, T_values
                 continue
             if t.median_ms / 1e3 > limit_s:
                 slow[name] = f"skipped: {t.median_ms / 1e3:.1f} s per step at T={T}"
-            note = (f"k_top={cfg.k_top} k_att={cfg.k_att} k_trunc={cfg.k_trunc}" if name.startswith("SAB") else "full BPTT")
+            note = (f"k_top={cfg.k_top} k_att={cfg.k_att} k_trunc={cfg.k_trunc}" if name.startswith("SAB")
+                    else f"k_trunc={cfg.k_trunc}" if name.startswith("TBPTT") else "full BPTT")
             rows.append(_row(**common, status="ok", median_ms=t.median_ms, p25_ms=t.p25_ms, p75_ms=t.p75_ms, reps=t.reps,
                              peak_mem_mib=(peak / 2**20) if peak is not None else "", note=note))
     return rows, notes
