@@ -1,14 +1,15 @@
 """`SparseAttentiveMemory`: the SAB memory, its scoring MLP and sparse attention over it (SPEC section 2).
 
-The memory holds slots m_i (B, H) and their cached keys W_m m_i (B, D) in a preallocated buffer
-(B, capacity, H/D), written in place under no_grad (doubling when full), which the op reads whole with
-lengths = n (contiguous, never copied): writing a slot costs one (H x D) key projection and O(H + D) stores
-per row, not a copy of the memory.
+The module holds only parameters; each sequence's memory is a `MemoryState` owned by the call that runs it:
+slots m_i (B, H) and their cached keys W_m m_i (B, D) in a preallocated buffer (B, capacity, H/D), written in
+place under no_grad (doubling when full), which the op reads whole with lengths = n (contiguous, never copied):
+writing a slot costs one (H x D) key projection and O(H + D) stores per row, not a copy of the memory.
 
 Sparse replay with O(1) autograd work per step ("gradient mailbox" and a token chain):
-  - `append(h)` writes slot j and links it into a chain of 0-dim tokens: token_{j+1} = _Write(token_j, h).
-    The Function's only job is backward: it hands slot j's gradient to h (into h's own graph).
-  - `attend` runs _Attend(query, w, W_m, token_n): its inputs do not grow with n. Its backward runs the op's
+  - `append(state, h)` writes slot j and links it into a chain of 0-dim tokens: token_{j+1} = _Write(token_j, h)
+    (`start` writes the first slots as one block the same way). The Function's only job is backward: it hands
+    slot j's gradient to h (into h's own graph).
+  - `attend(state, h_hat)` runs _Attend(query, w, W_m, token_n): its inputs do not grow with n. Its backward runs the op's
     sparse backward on the k selected slots and the threshold slot only (gathered into a compact (B, k+1)
     problem, so nothing of size n is touched), folds the key gradient into the slot gradient
     (dL/dm_i = dL/dv_i + W_m^T dL/dk_i, and dL/dW_m in one matmul), and adds those k+1 rows per batch row
@@ -25,6 +26,8 @@ main h/c chain was truncated. The engine runs the graph in a fixed order on one 
 mailbox sums are bitwise reproducible. The mailbox is emptied as _Write reads it (and reallocated when a new
 backward pass finds stale rows, e.g. after torch.autograd.grad skipped some _Write nodes), so backward with
 retain_graph can run again.
+`export(state)` hands the slots to the caller (the next chunk of a sequence) through _Export, whose backward
+posts their gradient to the same mailbox.
 """
 
 from __future__ import annotations
