@@ -272,7 +272,7 @@ std::vector<at::Tensor> forward(const at::Tensor& query, const at::Tensor& keys,
     chunks = std::min((threads + s.B - 1) / s.B * 2, s.T / kMinChunk);
   }
   if (chunks <= 1) {
-    parallel_rows(s.B, s.T * s.D, [&](int64_t b0, int64_t b1) { kern.forward_rows(a, b0, b1); });
+    attention_forward_rows(a, dtype_of(query));
   } else {
     const int64_t chunk_len = (s.T + chunks - 1) / chunks;
     chunks = (s.T + chunk_len - 1) / chunk_len;

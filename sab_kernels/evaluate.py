@@ -1,0 +1,100 @@
+"""`python -m sab_kernels.evaluate MODEL.pt [--seq-len 100,5000]`: re-evaluate a shipped model on fresh data.
+
+MODEL.pt is a model file (sab_kernels/model_file.py; `sab-train` writes OUT/model.pt). Copy models are
+evaluated at every delay of --seq-len (default: the delay they were trained at), which is the paper's transfer
+experiment; models of the other tasks on their own evaluation set. Prints a table, then one JSON line:
+{"model": ..., "task": ..., "results": {"100": {"acc10": ..., "ce10": ..., "loss": ...}, ...}}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Dict, List, Optional
+
+import torch
+
+
+def _lengths(text: str) -> List[int]:
+    try:
+        values = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected integers >= 1, got {text!r}")
+    return values
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m sab_kernels.evaluate", description=__doc__.split("\n")[0])
+    p.add_argument("model", help="a model file (OUT/model.pt of sab-train)")
+    p.add_argument("--seq-len", type=_lengths, default=None, help="copy: delays T to evaluate at, e.g. 100,5000")
+    p.add_argument("--examples", type=int, default=512, help="fresh examples per length (default 512)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=123_456, help="seed of the fresh sequences")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--backend", default="auto", choices=("auto", "cpu", "triton", "reference"))
+    p.add_argument("--threads", type=int, default=None)
+    args = p.parse_args(argv)
+    for name in ("examples", "batch_size", "threads"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if not os.path.isfile(args.model):
+        p.error(f"model file not found: {args.model}")
+    return args
+
+
+@torch.no_grad()
+def evaluate_task(model, task, n_examples: int, batch_size: int, seed: int, device) -> Dict[str, float]:
+    """Metrics of `model` on `n_examples` fresh examples of `task`, averaged with batch-size weights."""
+    sums, count = {}, 0
+    for x, y in task.eval_batches(batch_size, n_examples, seed=seed, device=device):
+        for k, v in task.metrics(model(x), y).items():
+            sums[k] = sums.get(k, 0.0) + v * x.shape[0]
+        count += x.shape[0]
+    return {k: v / count for k, v in sums.items()}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
+    from .model_file import load_model
+    from .tasks import copy_transfer, make_task
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        model, info = load_model(args.model, args.device, args.backend)
+    except ValueError as exc:
+        print(f"sab_kernels.evaluate: {exc}", file=sys.stderr)
+        return 2
+    task_info = info["task"]
+    if task_info["name"] == "copy":
+        lens = args.seq_len or [task_info["seq_len"]]
+        res = copy_transfer(model, lens, args.examples, args.batch_size, task_info["input"], seed=args.seed,
+                            device=args.device)
+        results = {str(T): m for T, m in res.items()}
+    else:
+        if args.seq_len:
+            print("sab_kernels.evaluate: --seq-len applies to copy models only", file=sys.stderr)
+            return 2
+        task = make_task(task_info["name"], task_info["seq_len"], task_info["input"], None, task_info["permute"],
+                         task_info["seed"])
+        results = {str(task_info["seq_len"]): evaluate_task(model, task, args.examples, args.batch_size, args.seed,
+                                                            args.device)}
+    names = sorted({k for m in results.values() for k in m})
+    print(f"{args.model}: {info['build']['kind']} on {task_info['name']} (trained at T={task_info['seq_len']}), "
+          f"{args.examples} fresh examples per length, seed {args.seed}")
+    print("| T | " + " | ".join(names) + " |")
+    print("|---|" + "---|" * len(names))
+    for T, m in results.items():
+        print(f"| {T} | " + " | ".join(f"{m[k]:.4f}" for k in names) + " |")
+    print(json.dumps({"model": args.model, "task": task_info["name"],
+                      "results": {T: {k: round(v, 5) for k, v in m.items()} for T, m in results.items()}}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""A trained model in one file that anyone can load safely and re-evaluate.
+
+    {"format": "sab-kernels/model", "version": 1,
+     "build": {kind, input_size, hidden_size, output_size, k_top, k_att, k_trunc, attn_dim},   # build_model's arguments
+     "task": {name, seq_len, input, permute, seed},                                           # make_task's arguments
+     "state_dict": {...}, "metrics": {...}, "command": "python -m sab_kernels.train ..."}
+
+Only plain values (tensors, numbers, strings, lists, dicts): `load_model` reads it with
+`torch.load(..., weights_only=True)`, so a file from elsewhere cannot run code. Written atomically (a temporary
+file in the same folder, fsync, rename): a failed save leaves the previous file intact.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+from torch import nn
+
+FORMAT, VERSION = "sab-kernels/model", 1
+BUILD_KEYS = ("kind", "input_size", "hidden_size", "output_size", "k_top", "k_att", "k_trunc", "attn_dim")
+TASK_KEYS = ("name", "seq_len", "input", "permute", "seed")
+
+
+def atomic_save(obj: Any, path: str) -> None:
+    """torch.save to a temporary file beside `path`, fsync, then os.replace: all or nothing."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def save_model(path: str, model: nn.Module, build: Dict[str, Any], task: Dict[str, Any],
+               metrics: Optional[Dict[str, Any]] = None, command: str = "") -> None:
+    """Write `model` (built by build_model(**build)) with what rebuilds and re-evaluates it."""
+    missing = [k for k in BUILD_KEYS if k not in build] + [k for k in TASK_KEYS if k not in task]
+    if missing:
+        raise ValueError(f"save_model: build/task lack {missing}")
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    atomic_save({"format": FORMAT, "version": VERSION, "build": {k: build[k] for k in BUILD_KEYS},
+                 "task": {k: task[k] for k in TASK_KEYS}, "state_dict": state, "metrics": dict(metrics or {}),
+                 "command": command}, path)
+
+
+def load_model(path: str, device="cpu", backend: str = "auto") -> Tuple[nn.Module, Dict[str, Any]]:
+    """(model in eval mode, the file's dict without the weights). Raises ValueError for anything that is not a
+    model file of this format (a checkpoint, a truncated file, a pickle with code)."""
+    from .nn import build_model
+
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - unpickling errors of every kind
+        raise ValueError(f"{path}: not a readable sab-kernels model file ({type(exc).__name__}: {exc})") from None
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a sab-kernels model file (format {FORMAT!r} expected)")
+    if blob.get("version") != VERSION:
+        raise ValueError(f"{path}: model file version {blob.get('version')!r}, this package reads {VERSION}")
+    build = dict(blob["build"])
+    model = build_model(build.pop("kind"), build.pop("input_size"), build.pop("hidden_size"), build.pop("output_size"),
+                        backend=backend, **build)
+    model.load_state_dict(blob["state_dict"])
+    model.to(device).eval()
+    return model, {k: v for k, v in blob.items() if k != "state_dict"}

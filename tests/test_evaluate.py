@@ -1,0 +1,94 @@
+"""Model files (sab_kernels/model_file.py) and `python -m sab_kernels.evaluate`: a saved model rebuilds to the
+same function, re-evaluates to the numbers of a direct evaluation, and nothing but a model file loads."""
+
+import json
+import os
+import pickle
+
+import pytest
+import torch
+
+from sab_kernels import evaluate
+from sab_kernels.model_file import atomic_save, load_model, save_model
+from sab_kernels.nn import build_model
+from sab_kernels.tasks import copy_transfer
+
+BUILD = dict(kind="sab", input_size=10, hidden_size=12, output_size=10, k_top=2, k_att=2, k_trunc=3, attn_dim=8)
+TASK = dict(name="copy", seq_len=6, input="onehot", permute=True, seed=0)
+
+
+def _saved(tmp_path):
+    torch.manual_seed(0)
+    b = dict(BUILD)
+    model = build_model(b.pop("kind"), b.pop("input_size"), b.pop("hidden_size"), b.pop("output_size"), backend="cpu", **b)
+    path = str(tmp_path / "model.pt")
+    save_model(path, model, BUILD, TASK, metrics={"acc10": 0.5}, command="python -m sab_kernels.train copy ...")
+    return model, path
+
+
+def test_a_saved_model_rebuilds_to_the_same_function(tmp_path):
+    model, path = _saved(tmp_path)
+    loaded, info = load_model(path, backend="cpu")
+    assert info["build"] == BUILD and info["task"] == TASK and info["metrics"] == {"acc10": 0.5}
+    x = torch.randn(3, 26, 10)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model.eval()(x))
+
+
+def test_evaluate_cli_reports_what_a_direct_evaluation_gives(tmp_path, capsys):
+    model, path = _saved(tmp_path)
+    assert evaluate.main([path, "--seq-len", "6,9", "--examples", "40", "--batch-size", "16", "--backend", "cpu"]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    want = copy_transfer(model, [6, 9], 40, 16, "onehot", seed=123_456)
+    for T in (6, 9):
+        for k, v in want[T].items():
+            assert printed["results"][str(T)][k] == pytest.approx(v, abs=1e-5)
+
+
+def test_only_model_files_load(tmp_path):
+    checkpoint = tmp_path / "checkpoint.pt"
+    torch.save({"model": {}, "step": 3}, checkpoint)
+    with pytest.raises(ValueError, match="not a sab-kernels model file"):
+        load_model(str(checkpoint))
+    truncated = tmp_path / "truncated.pt"
+    _, path = _saved(tmp_path)
+    truncated.write_bytes(open(path, "rb").read()[:100])
+    with pytest.raises(ValueError, match="not a readable"):
+        load_model(str(truncated))
+
+
+class _Payload:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > /dev/null",))
+
+
+def test_a_file_that_would_run_code_is_refused(tmp_path):
+    evil = tmp_path / "evil.pt"
+    with open(evil, "wb") as f:
+        pickle.dump({"format": "sab-kernels/model", "payload": _Payload()}, f)
+    with pytest.raises(ValueError, match="not a readable"):
+        load_model(str(evil))
+
+
+def test_a_failed_save_leaves_the_previous_file(tmp_path, monkeypatch):
+    path = tmp_path / "model.pt"
+    atomic_save({"step": 1}, str(path))
+
+    def broken(obj, f):
+        f.write(b"half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken)
+    with pytest.raises(OSError, match="disk full"):
+        atomic_save({"step": 2}, str(path))
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True) == {"step": 1}
+    assert os.listdir(tmp_path) == ["model.pt"]  # no temporary file left behind
+
+
+def test_evaluate_checks_its_arguments_first(tmp_path, capsys):
+    _, path = _saved(tmp_path)
+    for argv in ([str(tmp_path / "missing.pt")], [path, "--seq-len", "abc"], [path, "--examples", "0"]):
+        with pytest.raises(SystemExit) as exc:
+            evaluate.main(argv)
+        assert exc.value.code == 2
