@@ -109,6 +109,15 @@ bool any_nonzero(const scalar_t* p, int64_t n) {
   return false;
 }
 
+// Slot j's key mailbox dk (B rows S*D apart) folded through W_m: out (B rows ld_out apart) += dk W_m, and
+// dW_m += dk^T m_j (the slot's rows of the value buffer, S*H apart).
+template <typename scalar_t>
+void fold_key_mail(const scalar_t* dk, const scalar_t* m, const scalar_t* wm, scalar_t* out, int64_t ld_out,
+                   scalar_t* g_wm, int64_t B, int64_t S, int64_t D, int64_t H) {
+  gemm<scalar_t>(false, false, B, H, D, 1, dk, S * D, wm, H, 1, out, ld_out);
+  gemm<scalar_t>(true, false, D, H, B, 1, dk, S * D, m, S * H, 1, g_wm, H);
+}
+
 void check_2d(const at::Tensor& t, const char* name, int64_t d0, int64_t d1) {
   TORCH_CHECK(t.dim() == 2 && t.size(0) == d0 && t.size(1) == d1, "sab_kernels._C.lstm: ", name,
               " must have shape (", d0, ", ", d1, "), got ", t.sizes());
@@ -260,9 +269,12 @@ std::vector<at::Tensor> backward_typed(const at::Tensor& grad_out, const at::Ten
   scalar_t* ghp = g_h.data_ptr<scalar_t>();
   bool chain_live = any_nonzero(ghp, B * H) || any_nonzero(g_c.data_ptr<scalar_t>(), B * H);
 
-  // The mailbox: dL/dm for every slot, filled by the attentions that selected it.
-  at::Tensor mail = at::zeros({B, S, H}, opts);
+  // The mailboxes of every slot, filled by the attentions that selected it: dL/dv (B, S, H) and dL/dk
+  // (B, S, D). The key half is folded through W_m once per slot, when the sweep reaches the step that wrote
+  // it (dL/dm = dL/dv + dL/dk W_m, dL/dW_m += dL/dk^T m), not once per attention that chose it.
+  at::Tensor mail = at::zeros({B, S, H}, opts), mail_k = at::zeros({B, S, D}, opts);
   scalar_t* mailp = mail.data_ptr<scalar_t>();
+  scalar_t* mailkp = mail_k.data_ptr<scalar_t>();
   std::vector<char> touched(S, 0);
   if (given(grad_memory) && S > 0) {
     mail.copy_(grad_memory);
@@ -277,12 +289,12 @@ std::vector<at::Tensor> backward_typed(const at::Tensor& grad_out, const at::Ten
   at::Tensor dQ = at::empty({mem ? T : 0, B, D}, opts);
   at::Tensor g_w = at::zeros({D}, opts), g_wm = at::zeros({mem ? D : 0, H}, opts);
   // The compact attention problem of one step: rows 0..k-1 the selected entries, row k the threshold slot.
-  at::Tensor kc = at::zeros({B, R, D}, opts), vc = at::zeros({B, R, H}, opts), dm = at::empty({B, R, H}, opts);
+  at::Tensor kc = at::zeros({B, R, D}, opts), vc = at::zeros({B, R, H}, opts);
   at::Tensor ic = at::empty({B, k}, opts.dtype(at::kLong)), tc_idx = at::empty({B}, opts.dtype(at::kLong));
   at::Tensor gw_zero = at::zeros({B, k}, opts), gq = at::empty({B, D}, opts);
   at::Tensor gk = at::empty({B, R, D}, opts), gv = at::empty({B, R, H}, opts), part = at::empty({B, D}, opts);
   at::Tensor g_hh = at::empty({B, H}, opts), g_s = at::empty({B, H}, opts);
-  scalar_t *kcp = kc.data_ptr<scalar_t>(), *vcp = vc.data_ptr<scalar_t>(), *dmp = dm.data_ptr<scalar_t>();
+  scalar_t *kcp = kc.data_ptr<scalar_t>(), *vcp = vc.data_ptr<scalar_t>();
   scalar_t *gqp = gq.data_ptr<scalar_t>(), *gkp = gk.data_ptr<scalar_t>(), *gvp = gv.data_ptr<scalar_t>();
   scalar_t *partp = part.data_ptr<scalar_t>(), *gwp = g_w.data_ptr<scalar_t>(), *gwmp = g_wm.data_ptr<scalar_t>();
   scalar_t *ghhp = g_hh.data_ptr<scalar_t>(), *gsp = g_s.data_ptr<scalar_t>();
@@ -329,6 +341,9 @@ std::vector<at::Tensor> backward_typed(const at::Tensor& grad_out, const at::Ten
           gh[j] += ml[j];
         }
       }
+    }
+    if (mail_live) {
+      fold_key_mail<scalar_t>(mailkp + slot * D, values + slot * H, wmp, ghp, H, gwmp, B, S, D, H);
     }
     std::copy_n(ghp, B * H, ghhp);
     if (mem) {
@@ -381,20 +396,21 @@ std::vector<at::Tensor> backward_typed(const at::Tensor& grad_out, const at::Ten
       }
       std::copy_n(gqp, B * D, dQp + t * B * D);
       gemm<scalar_t>(false, false, B, H, D, 1, gqp, D, wqp, H, 1, ghhp, H);  // q = W_h h_hat + b
-      // Keys are W_m m: dL/dm = dL/dv + dL/dk W_m, and dL/dW_m = sum dk m^T.
-      std::copy_n(gvp, B * R * H, dmp);
-      gemm<scalar_t>(false, false, B * R, H, D, 1, gkp, D, wmp, H, 1, dmp, H);
-      gemm<scalar_t>(true, false, D, H, B * R, 1, gkp, D, vcp, H, 1, gwmp, H);
-      for (int64_t b = 0; b < B; ++b) {
+      for (int64_t b = 0; b < B; ++b) {  // into the mailboxes, in a fixed order
         for (int64_t r = 0; r < R; ++r) {
           const int64_t s = r < k ? idx[b * k + r] : thr[b];
           if (s < 0) {
             continue;
           }
-          scalar_t* dst = mailp + (b * S + s) * H;
-          const scalar_t* src = dmp + (b * R + r) * H;
+          scalar_t* dv = mailp + (b * S + s) * H;
+          const scalar_t* gvr = gvp + (b * R + r) * H;
           for (int64_t j = 0; j < H; ++j) {
-            dst[j] += src[j];
+            dv[j] += gvr[j];
+          }
+          scalar_t* dk = mailkp + (b * S + s) * D;
+          const scalar_t* gkr = gkp + (b * R + r) * D;
+          for (int64_t d = 0; d < D; ++d) {
+            dk[d] += gkr[d];
           }
           touched[s] = 1;
         }
@@ -431,6 +447,11 @@ std::vector<at::Tensor> backward_typed(const at::Tensor& grad_out, const at::Ten
     const at::Tensor dQf = dQ.view({T * B, D});
     g_wq = at::mm(dQf.t(), HH.reshape({T * B, H}));
     g_bq = dQf.sum(0);
+    for (int64_t j = 0; j < n0; ++j) {  // the slots this call received: their key gradients fold in here
+      if (touched[j]) {
+        fold_key_mail<scalar_t>(mailkp + j * D, values + j * H, wmp, mailp + j * H, S * H, gwmp, B, S, D, H);
+      }
+    }
     g_mem = mail.narrow(1, 0, n0).clone();
   } else {
     g_wq = g_bq = g_wm = at::empty({0}, opts);
