@@ -33,15 +33,15 @@ bench-quick: install
 bench-cuda: install
 	$(PY) -m sab_kernels.bench --device cuda --out bench/results/cuda
 
-# The package as a user gets it: a wheel (with the compiled kernels) and an sdist (with csrc/), the wheel
-# installed into a fresh venv holding only torch, run from outside the source tree on the cpu backend.
+# The package as a user gets it: an sdist (with csrc/), a wheel built from that sdist (with the compiled
+# kernels), installed into a fresh venv holding only torch and run from outside the source tree.
 WHEEL_CHECK := build/wheel-check
 wheel-check: install
 	rm -rf $(WHEEL_CHECK) && mkdir -p $(WHEEL_CHECK)
-	$(PY) -m pip wheel -q --no-build-isolation --no-deps -w $(WHEEL_CHECK) .
-	unzip -l $(WHEEL_CHECK)/sab_kernels-*.whl | grep -q 'sab_kernels/_C.*\.so'
 	$(PY) -c "from setuptools import build_meta; build_meta.build_sdist('$(WHEEL_CHECK)')"
-	tar tzf $(WHEEL_CHECK)/sab_kernels-*.tar.gz | grep -q 'csrc/sparse_attention.cpp'
+	$(PY) -m tarfile -l $(WHEEL_CHECK)/sab_kernels-*.tar.gz | grep -q 'csrc/sparse_attention.cpp'
+	$(PY) -m pip wheel -q --no-build-isolation --no-deps -w $(WHEEL_CHECK) $(WHEEL_CHECK)/sab_kernels-*.tar.gz
+	$(PY) -m zipfile -l $(WHEEL_CHECK)/sab_kernels-*.whl | grep -q 'sab_kernels/_C.*\.so'
 	$(PYTHON) -m venv $(WHEEL_CHECK)/venv
 	$(WHEEL_CHECK)/venv/bin/python -m pip install -q "$(TORCH_SPEC)"
 	$(WHEEL_CHECK)/venv/bin/python -m pip install -q --no-deps $(WHEEL_CHECK)/sab_kernels-*.whl
