@@ -206,7 +206,7 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError("--backend triton needs a CUDA device (or TRITON_INTERPRET=1 for the interpreter on CPU)")
     try:  # builds the task's data (seq-len limits, a text too short, missing IDX files)
         make_task(args.task, args.seq_len, args.input, args.data, not args.no_permute, args.seed)
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, ImportError) as exc:
         raise ValueError(f"{args.task}: {exc}") from None
     _check_out(args)
 
@@ -281,11 +281,14 @@ def atomic_write(path: str, write: Callable) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    fd = os.open(folder, os.O_RDONLY)  # make the rename itself durable
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    try:  # make the rename itself durable; best effort, some file systems refuse fsync on a folder
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
 
 
 def _write_csv(rows: List[dict], path: str) -> None:
