@@ -74,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output folder (default runs/TASK_MODEL_T)")
     p.add_argument("--resume", action="store_true",
                    help="continue from OUT/checkpoint.pt (a fresh start if there is none); refused when a "
-                        f"hyper-parameter differs from the checkpoint's ({', '.join(RESUME_MUST_MATCH)})")
+                        f"hyper-parameter differs from the checkpoint's ({', '.join(k.replace('_', '-') for k in RESUME_MUST_MATCH)})")
     p.add_argument("--overwrite", action="store_true", help="replace the run already in OUT (default: refuse)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     return p

@@ -112,6 +112,9 @@ def test_train_demo_runs(tmp_path, capsys):
     assert set(summary) >= {"sab", "tbptt"} and 0 <= summary["sab"]["acc10"] <= 1
     assert os.path.getsize(tmp_path / "demo_copy.png") > 0
     assert "| SAB" in capsys.readouterr().out
+    # `make demo` again into the same folder replaces the earlier demo runs instead of refusing them.
+    again = train_demo.main(["--steps", "2", "--seq-len", "2", "--backend", "cpu", "--out", str(tmp_path), "--no-progress"])
+    assert again["sab"] == summary["sab"] and again["tbptt"] == summary["tbptt"]
 
 
 # --- bad arguments: exit status 2, a one-line message naming the argument, nothing written ---------------
