@@ -157,7 +157,8 @@ def test_double_backward_gradgradcheck(backend):
         out = sparse_attention(q, k, v, w, 2, lengths=L, backend=backend)
         return out.summary, out.weights
 
-    assert torch.autograd.gradgradcheck(f, leaves)
+    # fast_mode (random projections) for the interpreted Triton forward, which costs ~0.1 s per call here.
+    assert torch.autograd.gradgradcheck(f, leaves, fast_mode=backend == "triton")
 
 
 @pytest.mark.parametrize("backend", ["reference", "cpu", "triton"])
