@@ -242,3 +242,12 @@ def test_huge_k_top_is_dense_attention(backend):
     exact = sparse_attention(q, k, v, w, 7, lengths=L, backend=backend)
     for a, b in zip(huge, exact):
         assert torch.equal(a, b)
+
+
+def test_version_has_one_source():
+    """sab_kernels.__version__, the installed metadata (pyproject's dynamic version) and _version.py agree."""
+    from importlib.metadata import version
+
+    from sab_kernels import _version
+
+    assert sab_kernels.__version__ == _version.__version__ == version("sab-kernels")
