@@ -160,8 +160,10 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - EOFError, zip and unpickling errors all mean "corrupt"
-        raise ValueError(f"{path} is not a readable checkpoint ({type(exc).__name__}: {exc}); "
-                         "remove it or use --overwrite to start again".replace("\n", " ")) from None
+        first = " ".join(str(exc).split()).split(". ")[0]  # torch's messages run to several sentences
+        reason = "the file is empty" if os.path.getsize(path) == 0 else f"{type(exc).__name__}: {first}"
+        raise ValueError(f"{path} is not a readable checkpoint ({reason}); remove it or use --overwrite to start "
+                         "again") from None
     missing = [k for k in ("model", "optimizer", "step", "rows", "args") if not isinstance(ckpt, dict) or k not in ckpt]
     if missing:
         raise ValueError(f"{path} is not a sab-train checkpoint (missing {', '.join(missing)})")

@@ -229,7 +229,7 @@ def test_corrupt_checkpoint_gets_a_clear_message(tmp_path, capsys, content):
     out.mkdir()
     (out / "checkpoint.pt").write_bytes(content)
     line = _expect_usage_error(COMMON + ["--steps", "2", "--out", str(out), "--resume"], capsys, "checkpoint")
-    assert "not a readable checkpoint" in line
+    assert "not a readable checkpoint" in line and (content != b"" or "the file is empty" in line)
     assert (out / "checkpoint.pt").read_bytes() == content
 
 
