@@ -1,4 +1,4 @@
-"""Build and install sab-kernels.
+"""Build the C++ CPU kernels of sab-kernels; the package metadata is in pyproject.toml.
 
 Install torch first (the CPU wheel, or the CUDA build you already use), then build without isolation so
 pip compiles the C++ kernels against that torch instead of fetching another:
@@ -6,74 +6,63 @@ pip compiles the C++ kernels against that torch instead of fetching another:
     pip install torch==2.13.0
     pip install --no-build-isolation -e ".[test]"
 
-The C++ CPU kernels in csrc/ are optional at install time: without a compiler the package still installs,
-and the op falls back to the PyTorch reference with one warning.
+A failed build of the kernels fails the install. To install without them (no compiler: the `cpu` backend
+then falls back to the PyTorch reference with a warning), ask for it explicitly:
+
+    SAB_KERNELS_ALLOW_NO_EXTENSION=1 pip install --no-build-isolation .   # try, and go on without on failure
+    SAB_KERNELS_NO_EXTENSION=1 pip install --no-build-isolation .         # do not even try
 """
 
 import glob
 import os
 import sys
 
-from setuptools import find_packages, setup
+from setuptools import setup
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+SKIP = os.environ.get("SAB_KERNELS_NO_EXTENSION") == "1"
+ALLOW_MISSING = os.environ.get("SAB_KERNELS_ALLOW_NO_EXTENSION") == "1"
+HOW_TO_SKIP = "set SAB_KERNELS_ALLOW_NO_EXTENSION=1 to install without the C++ kernels (the slower reference is used)"
 
 
 def _extensions():
+    if SKIP:
+        return [], {}
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
-    if not sources or os.environ.get("SAB_KERNELS_NO_EXTENSION") == "1":
-        return [], {}
     try:
+        import torch
         from torch.utils.cpp_extension import BuildExtension, CppExtension
-    except ImportError:  # torch not installed yet: install it first (see the docstring)
-        return [], {}
+    except ImportError:
+        if ALLOW_MISSING:
+            print("WARNING: torch is not installed, so sab_kernels' C++ kernels are not built.", file=sys.stderr)
+            return [], {}
+        sys.exit("error: building sab_kernels' C++ kernels needs torch: install torch first, then "
+                 f"`pip install --no-build-isolation .` (see setup.py); or {HOW_TO_SKIP}")
+    if not sources:
+        sys.exit(f"error: csrc/*.cpp not found next to setup.py; {HOW_TO_SKIP}")
 
-    class OptionalBuildExtension(BuildExtension):
-        """Build the C++ kernels, but let the install go on without them if the build fails."""
+    class CheckedBuildExtension(BuildExtension):
+        """A failed build is an error, unless SAB_KERNELS_ALLOW_NO_EXTENSION=1 asks to go on without it."""
 
         def run(self):
             try:
                 super().run()
-            except Exception as exc:  # noqa: BLE001 - any compiler failure
-                print(f"WARNING: sab_kernels C++ kernels were not built ({exc}); the reference will be used.", file=sys.stderr)
+            except Exception as exc:  # noqa: BLE001 - any compiler or linker failure
+                if not ALLOW_MISSING:
+                    raise SystemExit(f"error: sab_kernels' C++ kernels failed to build ({exc}); {HOW_TO_SKIP}") from exc
+                print(f"WARNING: sab_kernels C++ kernels were not built ({exc}); the reference will be used.",
+                      file=sys.stderr)
 
     openmp = ["-fopenmp"] if sys.platform.startswith("linux") else []
     ext = CppExtension(
         "sab_kernels._C",
         sources,
+        # The torch the kernels are compiled against: cpu_backend refuses to load them under another one.
+        define_macros=[("SAB_TORCH_VERSION", f'"{torch.__version__}"')],
         extra_compile_args={"cxx": ["-O3", "-std=c++17", *openmp]},
         extra_link_args=openmp,
     )
-    return [ext], {"build_ext": OptionalBuildExtension.with_options(use_ninja=False)}
+    return [ext], {"build_ext": CheckedBuildExtension.with_options(use_ninja=False)}
 
 
 ext_modules, cmdclass = _extensions()
-
-with open(os.path.join(HERE, "README.md"), encoding="utf-8") as f:
-    long_description = f.read()
-
-setup(
-    name="sab-kernels",
-    version="0.1.0",
-    description="Fused kernels for Sparse Attentive Backtracking (Ke et al., NeurIPS 2018) in PyTorch",
-    long_description=long_description,
-    long_description_content_type="text/markdown",
-    license="MIT",
-    python_requires=">=3.9",
-    packages=find_packages(include=["sab_kernels", "sab_kernels.*"]),
-    install_requires=[
-        "torch>=2.4",
-        # The CUDA builds of torch 2.13 and 2.14 pin triton 3.7.1 and ~=3.8. CI tests 3.7.1 (Makefile pin).
-        "triton>=3.7,<3.10; platform_system == 'Linux' and platform_machine == 'x86_64'",
-        "numpy",
-        "tqdm",
-        "matplotlib",
-    ],
-    extras_require={
-        "test": ["pytest>=7", "pytest-benchmark>=4", "hypothesis>=6", "numpy", "scikit-learn"],
-        "tasks": ["scikit-learn"],
-    },
-    entry_points={"console_scripts": ["sab-train=sab_kernels.train:main", "sab-bench=sab_kernels.bench:main"]},
-    ext_modules=ext_modules,
-    cmdclass=cmdclass,
-)
+setup(ext_modules=ext_modules, cmdclass=cmdclass)

@@ -423,8 +423,15 @@ void attention_backward_rows(const BackwardArgs& a, Dtype dtype) {
 
 }  // namespace sab
 
+// The torch these kernels were compiled against (setup.py passes torch.__version__, e.g. "2.13.0+cpu"):
+// sab_kernels/kernels/cpu_backend.py loads them only under that same torch.
+#ifndef SAB_TORCH_VERSION
+#define SAB_TORCH_VERSION TORCH_VERSION
+#endif
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "Compiled CPU kernels of the SAB sparse-attention op (see sab_kernels.kernels for the contract).";
+  m.attr("torch_version") = SAB_TORCH_VERSION;
   m.def("forward", &sab::forward, "forward(query, keys, values, score_weight, k_top, lengths) -> "
         "(summary, weights, indices, threshold)",
         py::arg("query"), py::arg("keys"), py::arg("values"), py::arg("score_weight"), py::arg("k_top"),

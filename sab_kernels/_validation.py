@@ -13,9 +13,16 @@ def _shape(t: torch.Tensor) -> str:
     return "(" + ", ".join(str(s) for s in t.shape) + ")"
 
 
+def _require_strided(name: str, t: torch.Tensor) -> None:
+    # The kernels read raw strided memory; a sparse tensor would otherwise fail deep inside a backend.
+    if t.layout != torch.strided:
+        raise TypeError(f"{name} must be a dense (strided) tensor, got layout {t.layout}; call .to_dense() first")
+
+
 def _require_tensor(name: str, t, rank: int, expected: str) -> None:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of shape {expected}, got {type(t).__name__}")
+    _require_strided(name, t)
     if not t.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor (float16/bfloat16/float32/float64), got {t.dtype}")
     if t.dim() != rank:
@@ -50,6 +57,7 @@ def check_inputs(query, keys, values, score_weight, k_top, lengths: Optional[tor
     if lengths is not None:
         if not isinstance(lengths, torch.Tensor):
             raise TypeError(f"lengths must be a torch.Tensor of shape (B,) = ({B},) or None, got {type(lengths).__name__}")
+        _require_strided("lengths", lengths)
         if lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
             raise TypeError(f"lengths must be an integer tensor, got {lengths.dtype}")
         if lengths.shape != (B,):

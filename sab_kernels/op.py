@@ -44,7 +44,8 @@ def forward_impl(query, keys, values, score_weight, k_top: int, lengths: Tensor,
 def backward_impl(grad_summary, grad_weights, query, keys, values, score_weight, k_top: int, lengths, weights, indices, threshold, backend: str = "auto"):
     """Run a backend's sparse backward: (grad_query, grad_keys, grad_values, grad_score_weight)."""
     if keys.shape[0] == 0:
-        return _backward_fake(grad_summary, grad_weights, query, keys, values, score_weight, k_top, lengths, weights, indices, threshold, backend)
+        # Not the fake's empty tensors: grad_score_weight has D entries even when B = 0, and they must be 0.
+        return tuple(torch.zeros_like(t, memory_format=torch.contiguous_format) for t in (query, keys, values, score_weight))
     impl = get_backend(resolve_backend(backend, query.device))
     args = _prepare((grad_summary, grad_weights, query, keys, values, score_weight))
     return tuple(impl.backward(*args, min(k_top, keys.shape[1]), *_prepare((lengths, weights, indices, threshold))))
@@ -110,11 +111,17 @@ def _backward(ctx, grad_summary, grad_weights, _grad_indices, _grad_threshold):
         grad_summary = values.new_zeros((keys.shape[0], values.shape[2]))
     if grad_weights is None:
         grad_weights = torch.zeros_like(weights)
-    grads = _backward_op(
-        grad_summary, grad_weights, query, keys, values, score_weight, ctx.k_top, lengths, weights, indices, threshold, ctx.backend
-    )
-    return (*grads, None, None, None)
+    args = (grad_summary, grad_weights, query, keys, values, score_weight, ctx.k_top, lengths, weights, indices, threshold)
+    if torch.is_grad_enabled():  # create_graph=True: see _DIFFERENTIABLE_BACKWARD
+        return (*backward_impl(*args, _DIFFERENTIABLE_BACKWARD), None, None, None)
+    return (*_backward_op(*args, ctx.backend), None, None, None)
 
+
+# The C++ and Triton backwards return plain tensors: under create_graph=True (autograd runs the backward with
+# grad mode on) their gradients would silently have no derivative. The reference's written-out backward is
+# the same function in differentiable PyTorch ops, on any device, so double backward goes through it on
+# every backend: first derivatives equal the kernels' to rounding, second derivatives are exact.
+_DIFFERENTIABLE_BACKWARD = "reference"
 
 _forward_op.register_autograd(_backward, setup_context=_setup_context)
 
@@ -138,7 +145,8 @@ class _EagerSparseAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_summary, grad_weights, _grad_indices, _grad_threshold):
         query, keys, values, score_weight, lengths, weights, indices, threshold = ctx.saved_tensors
-        grads = backward_impl(grad_summary, grad_weights, query, keys, values, score_weight, ctx.k_top, lengths, weights, indices, threshold, ctx.backend)
+        backend = _DIFFERENTIABLE_BACKWARD if torch.is_grad_enabled() else ctx.backend  # create_graph=True
+        grads = backward_impl(grad_summary, grad_weights, query, keys, values, score_weight, ctx.k_top, lengths, weights, indices, threshold, backend)
         return (*grads, None, None, None, None)
 
 
@@ -174,7 +182,14 @@ def sparse_attention(
         ordered by descending score; unused entries have weight 0 and index -1.
 
     Gradients reach query, score_weight, the selected rows of keys and values and the threshold key row;
-    every other row's gradient is exactly zero. float16/bfloat16 are accumulated in float32.
+    every other row's gradient is exactly zero. float16/bfloat16 are accumulated in float32. B = 0 gives
+    empty outputs and all-zero gradients (score_weight's too).
+
+    Double backward (`torch.autograd.grad(..., create_graph=True)`, e.g. a gradient penalty) works on every
+    backend: with grad mode on, the backward runs the reference's written-out backward (PyTorch ops, on
+    the inputs' device) instead of the C++/Triton kernel, so the gradients are themselves differentiable
+    (slower; equal to the kernels' gradients up to rounding). Not supported inside torch.compile (a
+    PyTorch limitation of compiled backward graphs).
     """
     check_inputs(query, keys, values, score_weight, k_top, lengths, backend)
     B, T, _ = keys.shape

@@ -4,47 +4,65 @@
     torchrun --nproc_per_node 2 -m sab_kernels.train copy --model sab ...   # DistributedDataParallel
 
 Writes to --out: metrics.csv (one row per evaluation), curve.png (learning curve), checkpoint.pt (model,
-optimizer, step; --resume continues from it) and final.json. The last line on stdout is one JSON object
-with the final metrics, e.g. {"task": "copy", "model": "sab", "acc10": 0.43, "ce10": 1.2, ...}
+optimizer, step; --resume continues from it) and final.json, each replaced atomically (temporary file,
+fsync, rename), so a run killed mid-save keeps its previous checkpoint. The last line on stdout is one JSON
+object with the final metrics, e.g. {"task": "copy", "model": "sab", "acc10": 0.43, "ce10": 1.2, ...}
 (accuracies are fractions). Under torchrun each rank draws its own batches (seeded by seed, rank, step);
 rank 0 alone evaluates and writes. Batches depend only on (seed, rank, step), so a resumed run sees the
 same data as an uninterrupted one.
+
+Every argument is checked before any work (the data file, the output folder, the checkpoint to resume):
+a bad one exits with status 2 and a one-line message, and nothing is written. An --out that already holds
+a run is refused unless --resume (continue it) or --overwrite (replace it) is given. --resume refuses
+hyper-parameters that differ from the checkpoint's (listing them); --steps, --eval-every, --transfer,
+--transfer-size, --threads, --device, --backend and --no-progress may change.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
+import math
 import os
 import sys
 import time
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import torch
 
+from .kernels import triton_interpreter_enabled
 from .nn import MODEL_KINDS, build_model
 from .tasks import TASKS, copy_transfer, make_task
 
 
-def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="sab-train", description=__doc__.split("\n")[0])
+# Settings that define the trained model and its data: a resumed run must use the checkpoint's values.
+RESUME_MUST_MATCH = ("task", "model", "seq_len", "k_top", "k_att", "k_trunc", "hidden", "attn_dim", "batch_size",
+                     "lr", "clip", "seed", "input", "data", "no_permute", "eval_size")
+OUTPUTS = ("checkpoint.pt", "metrics.csv", "final.json", "curve.png")
+BACKENDS = ("auto", "cpu", "triton", "reference")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sab-train", description=__doc__.split("\n")[0],
+                                epilog="Bad arguments exit with status 2 before any work; nothing is written.")
     p.add_argument("task", choices=TASKS)
     p.add_argument("--model", choices=MODEL_KINDS, default="sab",
                    help="sab | tbptt (no memory) | bptt (no truncation, no memory) | dense (softmax over all slots) | lstm (torch.nn.LSTM)")
     p.add_argument("--seq-len", type=int, default=100, help="copy: delay T (sequence T+20); adding/chars: length")
-    p.add_argument("--k-top", type=int, default=5)
-    p.add_argument("--k-att", type=int, default=2)
+    p.add_argument("--k-top", type=int, default=5, help="slots kept per attention (>= 1)")
+    p.add_argument("--k-att", type=int, default=2, help="write a memory slot every K_ATT steps (>= 1)")
     p.add_argument("--k-trunc", type=int, default=5, help="truncation interval (0: never)")
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--attn-dim", type=int, default=None, help="scoring MLP width D (default: --hidden)")
     p.add_argument("--batch-size", type=int, default=64, help="per process")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--clip", type=float, default=1.0, help="gradient-norm clip (0: off)")
-    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--steps", type=int, default=1000, help="total optimizer steps (a resumed run continues to it)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--backend", default="auto", help="sparse-attention backend: auto, cpu, triton, reference")
+    p.add_argument("--backend", choices=BACKENDS, default="auto", help="sparse-attention backend")
     p.add_argument("--input", choices=("onehot", "scalar"), default="onehot", help="copy: input encoding")
     p.add_argument("--data", default=None, help="mnist: folder of IDX files; chars: text file")
     p.add_argument("--no-permute", action="store_true", help="digits/mnist: keep the pixel order")
@@ -54,12 +72,145 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--transfer-size", type=int, default=256)
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: leave)")
     p.add_argument("--out", default=None, help="output folder (default runs/TASK_MODEL_T)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from OUT/checkpoint.pt (a fresh start if there is none); refused when a "
+                        f"hyper-parameter differs from the checkpoint's ({', '.join(k.replace('_', '-') for k in RESUME_MUST_MATCH)})")
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in OUT (default: refuse)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    return p
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    """Parse and check every argument: on any bad one, print a one-line error and exit with status 2."""
+    p = _parser()
     args = p.parse_args(argv)
     if args.out is None:
         args.out = os.path.join("runs", f"{args.task}_{args.model}_{args.seq_len}")
+    try:
+        check_args(args)
+    except ValueError as exc:
+        p.error(str(exc))
     return args
+
+
+def transfer_lengths(spec: str) -> List[int]:
+    """--transfer "200,300" -> [200, 300]; ValueError for anything but positive integers."""
+    try:
+        lens = [int(t) for t in spec.split(",") if t.strip()]
+    except ValueError:
+        raise ValueError(f"--transfer must be comma-separated integers >= 1, e.g. 200,300; got {spec!r}") from None
+    if any(t < 1 for t in lens):
+        raise ValueError(f"--transfer delays must be >= 1, got {spec!r}")
+    return lens
+
+
+def _check_data(args) -> None:
+    if args.task not in ("mnist", "chars"):
+        if args.data is not None:
+            raise ValueError(f"--data applies to the mnist and chars tasks only, not {args.task}")
+        return
+    want = "a folder of IDX files" if args.task == "mnist" else "a text file"
+    if args.data is None:
+        raise ValueError(f"the {args.task} task needs --data ({want})")
+    is_dir = os.path.isdir(args.data)
+    if not os.path.exists(args.data):
+        raise ValueError(f"--data {args.data}: no such file or folder (expected {want})")
+    if is_dir != (args.task == "mnist"):
+        raise ValueError(f"--data {args.data}: expected {want}")
+    if not os.access(args.data, os.R_OK | (os.X_OK if is_dir else 0)):
+        raise ValueError(f"--data {args.data}: not readable")
+
+
+def _check_numbers(args) -> None:
+    at_least = [("--seq-len", args.seq_len, 1), ("--k-top", args.k_top, 1 if args.model == "sab" else 0),
+                ("--k-att", args.k_att, 1), ("--k-trunc", args.k_trunc, 0), ("--hidden", args.hidden, 1),
+                ("--batch-size", args.batch_size, 1), ("--steps", args.steps, 0), ("--eval-every", args.eval_every, 1),
+                ("--eval-size", args.eval_size, 1), ("--transfer-size", args.transfer_size, 1)]
+    if args.attn_dim is not None:
+        at_least.append(("--attn-dim", args.attn_dim, 1))
+    if args.threads is not None:
+        at_least.append(("--threads", args.threads, 1))
+    for name, value, low in at_least:
+        if value < low:
+            raise ValueError(f"{name} must be >= {low}, got {value}")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        raise ValueError(f"--lr must be a finite number > 0, got {args.lr}")
+    if not (math.isfinite(args.clip) and args.clip >= 0):
+        raise ValueError(f"--clip must be a finite number >= 0 (0: off), got {args.clip}")
+
+
+def _check_device(args) -> None:
+    if args.device is None:
+        return
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        raise ValueError(f"--device must be cpu, cuda or cuda:N, got {args.device!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {args.device}: CUDA is not available on this machine")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {args.device}: only {torch.cuda.device_count()} CUDA device(s)")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device must be cpu, cuda or cuda:N, got {args.device!r}")
+
+
+def load_checkpoint(path: str, map_location="cpu") -> dict:
+    """A checkpoint written by this CLI (plain values only, loaded with weights_only=True); ValueError if it is
+    unreadable, truncated or not one of ours."""
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - EOFError, zip and unpickling errors all mean "corrupt"
+        first = " ".join(str(exc).split()).split(". ")[0]  # torch's messages run to several sentences
+        reason = "the file is empty" if os.path.getsize(path) == 0 else f"{type(exc).__name__}: {first}"
+        raise ValueError(f"{path} is not a readable checkpoint ({reason}); remove it or use --overwrite to start "
+                         "again") from None
+    missing = [k for k in ("model", "optimizer", "step", "rows", "args") if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise ValueError(f"{path} is not a sab-train checkpoint (missing {', '.join(missing)})")
+    return ckpt
+
+
+def _check_out(args) -> None:
+    if args.resume and args.overwrite:
+        raise ValueError("--resume and --overwrite contradict each other: pick one")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise ValueError(f"--out {args.out} exists and is not a folder")
+    existing = [name for name in OUTPUTS if os.path.exists(os.path.join(args.out, name))]
+    if existing and not (args.resume or args.overwrite):
+        raise ValueError(f"--out {args.out} already holds a run ({', '.join(existing)}): pass --resume to continue "
+                         "it or --overwrite to replace it")
+    parent = args.out
+    while not os.path.isdir(parent):  # the nearest existing folder must let us create OUT inside it
+        parent = os.path.dirname(os.path.abspath(parent))
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {args.out}: {parent} is not writable")
+    ckpt_path = os.path.join(args.out, "checkpoint.pt")
+    if args.resume and os.path.exists(ckpt_path):
+        saved = load_checkpoint(ckpt_path)["args"]
+        diff = [f"--{k.replace('_', '-')} {saved[k]!r} in the checkpoint, {getattr(args, k)!r} now"
+                for k in RESUME_MUST_MATCH if k in saved and saved[k] != getattr(args, k)]
+        if diff:
+            raise ValueError(f"--resume: {ckpt_path} was trained with other settings ({'; '.join(diff)}); "
+                             "rerun with the checkpoint's values, or use a new --out")
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Raise ValueError (one line) for the first bad argument; reads files, writes nothing."""
+    _check_data(args)  # first: the input a long run would otherwise fail on only when it gets there
+    _check_numbers(args)
+    if args.transfer:
+        if args.task != "copy":
+            raise ValueError(f"--transfer applies to the copy task only, not {args.task}")
+        transfer_lengths(args.transfer)
+    _check_device(args)
+    device_type = torch.device(args.device).type if args.device else ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.backend == "triton" and device_type != "cuda" and not triton_interpreter_enabled():
+        raise ValueError("--backend triton needs a CUDA device (or TRITON_INTERPRET=1 for the interpreter on CPU)")
+    try:  # builds the task's data (seq-len limits, a text too short, missing IDX files)
+        make_task(args.task, args.seq_len, args.input, args.data, not args.no_permute, args.seed)
+    except (ValueError, OSError, ImportError) as exc:
+        raise ValueError(f"{args.task}: {exc}") from None
+    _check_out(args)
 
 
 def _setup_distributed(args):
@@ -113,15 +264,41 @@ def plot_curve(rows: List[dict], path: str, title: str) -> None:
         ax.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
     plt.close(fig)
 
 
+def atomic_write(path: str, write: Callable) -> None:
+    """Write a file that must survive: `write(f)` fills a temporary binary file in the same folder, which is
+    flushed, fsynced and renamed over `path`. A failure part-way leaves the previous file untouched."""
+    folder = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    try:  # make the rename itself durable; best effort, some file systems refuse fsync on a folder
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
 def _write_csv(rows: List[dict], path: str) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(path, lambda f: f.write(text.getvalue().encode("utf-8")))
 
 
 def read_rows(path: str) -> List[dict]:
@@ -131,7 +308,8 @@ def read_rows(path: str) -> List[dict]:
 
 
 def run(args: argparse.Namespace) -> dict:
-    """Train and evaluate as configured by `args` (see parse_args); returns the final metrics dict."""
+    """Train and evaluate as configured by `args` (from parse_args, which checked them); returns the final
+    metrics dict."""
     if args.threads:
         torch.set_num_threads(args.threads)
     rank, world, device = _setup_distributed(args)
@@ -141,14 +319,19 @@ def run(args: argparse.Namespace) -> dict:
     model = build_model(args.model, task.input_size, args.hidden, task.output_size, args.k_top, args.k_att,
                         args.k_trunc or None, args.attn_dim, args.backend).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
-    os.makedirs(args.out, exist_ok=True)
     ckpt_path = os.path.join(args.out, "checkpoint.pt")
     start, rows, elapsed = 0, [], 0.0
     if args.resume and os.path.exists(ckpt_path):
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+        ckpt = load_checkpoint(ckpt_path, map_location=device)
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         start, rows, elapsed = ckpt["step"], ckpt["rows"], ckpt.get("seconds", 0.0)
+    if main_proc:
+        os.makedirs(args.out, exist_ok=True)
+        if args.overwrite:  # the earlier run's files go now, so none of them is mistaken for this run's
+            for name in OUTPUTS:
+                if os.path.exists(os.path.join(args.out, name)):
+                    os.unlink(os.path.join(args.out, name))
     train_model = model
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -156,8 +339,10 @@ def run(args: argparse.Namespace) -> dict:
         train_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     def checkpoint(step):
-        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "rows": rows,
-                    "seconds": elapsed, "args": vars(args)}, ckpt_path)
+        # Plain values only (tensors, numbers, strings, lists, dicts), so it loads with weights_only=True.
+        state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "rows": rows,
+                 "seconds": elapsed, "args": dict(vars(args))}
+        atomic_write(ckpt_path, lambda f: torch.save(state, f))
 
     def log_eval(step):
         metrics = evaluate(model, task, args, device)
@@ -204,12 +389,11 @@ def run(args: argparse.Namespace) -> dict:
                        "steps_per_sec": round(done / max(time.perf_counter() - t_start, 1e-9), 3) if done else None,
                        "world_size": world, "params": sum(p.numel() for p in model.parameters())})
         if args.task == "copy" and args.transfer:
-            lens = [int(t) for t in args.transfer.split(",") if t.strip()]
+            lens = transfer_lengths(args.transfer)
             res = copy_transfer(model, lens, args.transfer_size, args.batch_size, args.input, seed=20_000 + args.seed, device=device)
             result["transfer"] = {str(T): {k: round(v, 5) for k, v in m.items()} for T, m in res.items()}
         plot_curve(rows, os.path.join(args.out, "curve.png"), f"{args.task} T={args.seq_len} {args.model}")
-        with open(os.path.join(args.out, "final.json"), "w") as f:
-            json.dump(result, f, indent=1)
+        atomic_write(os.path.join(args.out, "final.json"), lambda f: f.write(json.dumps(result, indent=1).encode("utf-8")))
     if world > 1:
         import torch.distributed as dist
 

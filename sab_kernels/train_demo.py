@@ -60,7 +60,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
         argv_run = ["copy", "--model", model, "--seq-len", str(a.seq_len), "--steps", str(a.steps), "--lr", str(a.lr),
                     "--k-top", "5", "--k-att", "1", "--k-trunc", "5", "--hidden", "64", "--batch-size", "64",
                     "--eval-every", str(max(a.steps // 10, 1)), "--seed", str(a.seed), "--backend", a.backend,
-                    "--threads", str(a.threads), "--out", os.path.join(a.out, model)]
+                    "--threads", str(a.threads), "--out", os.path.join(a.out, model), "--overwrite"]
         if a.no_progress:
             argv_run.append("--no-progress")
         args = train.parse_args(argv_run)

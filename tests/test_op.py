@@ -51,6 +51,11 @@ def _call(**overrides):
         pytest.param(dict(values=torch.ones(B, T, H, dtype=torch.int32)), TypeError, "values", id="int-values"),
         pytest.param(dict(query=[[0.0] * D] * B), TypeError, "query", id="query-list"),
         pytest.param(dict(backend="cuda"), ValueError, "backend", id="bad-backend"),
+        pytest.param(dict(query=torch.randn(B, D).to_sparse()), TypeError, "query.*strided", id="sparse-query"),
+        pytest.param(dict(keys=torch.randn(B, T, D).to_sparse()), TypeError, "keys.*strided", id="sparse-keys"),
+        pytest.param(dict(values=torch.randn(B, T, H).to_sparse()), TypeError, "values.*strided", id="sparse-values"),
+        pytest.param(dict(score_weight=torch.randn(D).to_sparse()), TypeError, "score_weight.*strided", id="sparse-w"),
+        pytest.param(dict(lengths=torch.tensor([1, 2]).to_sparse()), TypeError, "lengths.*strided", id="sparse-lengths"),
     ],
 )
 def test_bad_input_raises_naming_the_argument(overrides, exc, names):
@@ -105,10 +110,93 @@ def test_deterministic_bitwise(backend):
         assert torch.equal(a, b)
 
 
-def test_empty_batch():
-    q, k, v, w = (t[:0] if t.dim() > 1 else t for t in _good())
-    out = sparse_attention(q, k, v, w, 2, backend="reference")
-    assert out.summary.shape == (0, H) and out.indices.shape == (0, 2)
+@pytest.mark.parametrize("backend", ["reference", "cpu", "triton"])
+def test_empty_batch_gives_empty_outputs_and_zero_gradients(backend):
+    """B = 0: every gradient is a defined zero, score_weight's (D,) one included (it was uninitialised memory)."""
+    q, k, v, w = (t[:0] if t.dim() > 1 else t for t in make_inputs(Case(B, T, 64, H, 2), torch.float32)[:4])
+    leaves = [t.detach().requires_grad_(True) for t in (q, k, v, w)]
+    out = sparse_attention(*leaves, 2, backend=backend)
+    assert out.summary.shape == (0, H) and out.weights.shape == (0, 2) and out.indices.shape == (0, 2)
+    # Leave NaN in freed memory of w's size, so an uninitialised gradient would show up as NaN.
+    poison = torch.full_like(w, float("nan"))
+    del poison
+    grads = torch.autograd.grad(out.summary.sum() + out.weights.sum(), leaves)
+    for leaf, g in zip(leaves, grads):
+        assert g.shape == leaf.shape and torch.equal(g, torch.zeros_like(leaf))
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu", "triton"])
+def test_empty_batch_through_the_memory_module(backend):
+    from sab_kernels.nn import SparseAttentiveMemory
+
+    torch.manual_seed(0)
+    mem = SparseAttentiveMemory(hidden_size=H, attn_dim=64, k_top=2, backend=backend)
+    mem.reset(torch.zeros(0, H))
+    mem.append(torch.randn(0, H))
+    h_hat = torch.randn(0, H, requires_grad=True)
+    poison = torch.full((64,), float("nan"))
+    del poison
+    out = mem.attend(h_hat)
+    (out.summary.sum() + out.weights.sum()).backward()
+    for name, p in mem.named_parameters():
+        assert p.grad is not None and torch.equal(p.grad, torch.zeros_like(p)), name
+
+
+def _double_backward_inputs():
+    """float64 inputs with rows of 0 slots, 1 slot, n <= k_top (softmax) and n > k_top (sparse)."""
+    q, k, v, w, _ = make_inputs(Case(4, 5, 3, 2, 2), torch.float64, seed=4)
+    return [t.requires_grad_(True) for t in (q, k, v, w)], torch.tensor([0, 1, 2, 5])
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu", "triton"])
+def test_double_backward_gradgradcheck(backend):
+    """create_graph=True gives differentiable gradients on every backend, and their derivatives are right."""
+    leaves, L = _double_backward_inputs()
+
+    def f(q, k, v, w):
+        out = sparse_attention(q, k, v, w, 2, lengths=L, backend=backend)
+        return out.summary, out.weights
+
+    # fast_mode (random projections) for the interpreted Triton forward, which costs ~0.1 s per call here.
+    assert torch.autograd.gradgradcheck(f, leaves, fast_mode=backend == "triton")
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu", "triton"])
+def test_gradient_penalty_matches_the_reference(backend):
+    """A gradient penalty's derivative (it came back silently zero on cpu and triton) equals the reference's,
+    and the create_graph first derivatives equal the plain backward's."""
+    leaves, L = _double_backward_inputs()
+
+    def penalty_grads(backend):
+        out = sparse_attention(*leaves, 2, lengths=L, backend=backend)
+        loss = out.summary.square().sum() + out.weights.sum()
+        plain = torch.autograd.grad(loss, leaves, retain_graph=True)
+        first = torch.autograd.grad(loss, leaves, create_graph=True)
+        for a, b in zip(first, plain):
+            torch.testing.assert_close(a, b)
+        assert all(g.requires_grad for g in first)
+        return torch.autograd.grad(sum(g.square().sum() for g in first), leaves)
+
+    got, want = penalty_grads(backend), penalty_grads("reference")
+    assert any(g.abs().sum() > 0 for g in want)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_double_backward_through_the_custom_op(backend):
+    """The traced path (sab::sparse_attention_forward) gives the same second derivatives as the eager one."""
+    leaves, L = _double_backward_inputs()
+
+    def second(fn):
+        summary = fn()
+        (g_q,) = torch.autograd.grad(summary.square().sum(), leaves[:1], create_graph=True)
+        return torch.autograd.grad(g_q.square().sum(), leaves)
+
+    eager = second(lambda: sparse_attention(*leaves, 2, lengths=L, backend=backend).summary)
+    op = second(lambda: torch.ops.sab.sparse_attention_forward(*leaves, 2, L, backend)[0])
+    for a, b in zip(eager, op):
+        torch.testing.assert_close(a, b)
 
 
 def test_lengths_of_any_integer_dtype():
@@ -154,3 +242,12 @@ def test_huge_k_top_is_dense_attention(backend):
     exact = sparse_attention(q, k, v, w, 7, lengths=L, backend=backend)
     for a, b in zip(huge, exact):
         assert torch.equal(a, b)
+
+
+def test_version_has_one_source():
+    """sab_kernels.__version__, the installed metadata (pyproject's dynamic version) and _version.py agree."""
+    from importlib.metadata import version
+
+    from sab_kernels import _version
+
+    assert sab_kernels.__version__ == _version.__version__ == version("sab-kernels")

@@ -112,3 +112,163 @@ def test_train_demo_runs(tmp_path, capsys):
     assert set(summary) >= {"sab", "tbptt"} and 0 <= summary["sab"]["acc10"] <= 1
     assert os.path.getsize(tmp_path / "demo_copy.png") > 0
     assert "| SAB" in capsys.readouterr().out
+    # `make demo` again into the same folder replaces the earlier demo runs instead of refusing them.
+    again = train_demo.main(["--steps", "2", "--seq-len", "2", "--backend", "cpu", "--out", str(tmp_path), "--no-progress"])
+    assert again["sab"] == summary["sab"] and again["tbptt"] == summary["tbptt"]
+
+
+# --- bad arguments: exit status 2, a one-line message naming the argument, nothing written ---------------
+
+BAD_ARGS = [
+    pytest.param(["--clip=-1"], "--clip", id="clip-negative"),
+    pytest.param(["--clip", "nan"], "--clip", id="clip-nan"),
+    pytest.param(["--transfer", "abc"], "--transfer", id="transfer-abc"),
+    pytest.param(["--transfer", "200,-3"], "--transfer", id="transfer-negative"),
+    pytest.param(["--eval-every", "0"], "--eval-every", id="eval-every-0"),
+    pytest.param(["--backend", "bogus"], "--backend", id="backend-bogus"),
+    pytest.param(["--steps", "-5"], "--steps", id="steps-negative"),
+    pytest.param(["--k-trunc", "-3"], "--k-trunc", id="k-trunc-negative"),
+    pytest.param(["--batch-size", "0"], "--batch-size", id="batch-size-0"),
+    pytest.param(["--eval-size", "0"], "--eval-size", id="eval-size-0"),
+    pytest.param(["--transfer-size", "0"], "--transfer-size", id="transfer-size-0"),
+    pytest.param(["--lr", "0"], "--lr", id="lr-0"),
+    pytest.param(["--lr=-0.001"], "--lr must be", id="lr-negative"),
+    pytest.param(["--lr", "inf"], "--lr", id="lr-inf"),
+    pytest.param(["--hidden", "0"], "--hidden", id="hidden-0"),
+    pytest.param(["--attn-dim", "0"], "--attn-dim", id="attn-dim-0"),
+    pytest.param(["--k-att", "0"], "--k-att", id="k-att-0"),
+    pytest.param(["--k-top", "0"], "--k-top", id="k-top-0-sab"),
+    pytest.param(["--seq-len", "0"], "--seq-len", id="seq-len-0"),
+    pytest.param(["--threads", "0"], "--threads", id="threads-0"),
+    pytest.param(["--device", "gpu7"], "--device", id="device-bogus"),
+    pytest.param(["--data", "x.txt"], "--data", id="data-for-copy"),
+    pytest.param(["--resume", "--overwrite"], "--resume", id="resume-and-overwrite"),
+]
+
+
+def _expect_usage_error(argv, capsys, fragment):
+    with pytest.raises(SystemExit) as exc:
+        train.main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("sab-train: error:") and fragment in err[-1], err
+    return err[-1]
+
+
+@pytest.mark.parametrize("bad, fragment", BAD_ARGS)
+def test_bad_argument_exits_2_and_writes_nothing(tmp_path, capsys, bad, fragment):
+    out = tmp_path / "run"
+    _expect_usage_error(["copy", "--seq-len", "3", "--steps", "2", "--out", str(out), *TINY, *bad], capsys, fragment)
+    assert not out.exists()
+
+
+def test_unreadable_data_is_checked_first(tmp_path, capsys):
+    out = tmp_path / "run"
+    missing = str(tmp_path / "nope.txt")
+    # --data is reported even with other bad arguments after it, and nothing is written.
+    _expect_usage_error(["chars", "--data", missing, "--steps", "-5", "--out", str(out), *TINY], capsys, missing)
+    _expect_usage_error(["chars", "--out", str(out), *TINY], capsys, "--data")
+    _expect_usage_error(["chars", "--data", str(tmp_path), "--out", str(out), *TINY], capsys, "text file")
+    short = tmp_path / "short.txt"
+    short.write_text("abc", encoding="utf-8")
+    _expect_usage_error(["chars", "--data", str(short), "--seq-len", "8", "--out", str(out), *TINY], capsys, "too short")
+    if os.geteuid() != 0:  # root reads anything
+        locked = tmp_path / "locked.txt"
+        locked.write_text("sparse attentive backtracking. " * 30, encoding="utf-8")
+        locked.chmod(0)
+        _expect_usage_error(["chars", "--data", str(locked), "--out", str(out), *TINY], capsys, "not readable")
+    assert not out.exists()
+
+
+def test_bad_argument_through_the_console_entry_point(tmp_path):
+    """The real process: status 2, one error line on stderr, no traceback, no output folder."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "sab_kernels.train", "copy", "--eval-every", "0", "--out", str(out), *TINY]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_child_env(), cwd=str(tmp_path), timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == "sab-train: error: --eval-every must be >= 1, got 0"
+    assert not out.exists()
+
+
+# --- an existing --out, --resume with other settings ------------------------------------------------------
+
+COMMON = ["copy", "--seq-len", "3", "--eval-every", "2", *TINY]
+
+
+def test_existing_out_is_refused_without_resume_or_overwrite(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    train.main(COMMON + ["--steps", "2", "--out", out])
+    before = {n: os.path.getmtime(os.path.join(out, n)) for n in os.listdir(out)}
+    capsys.readouterr()
+    _expect_usage_error(COMMON + ["--steps", "2", "--out", out], capsys, "--overwrite")
+    assert {n: os.path.getmtime(os.path.join(out, n)) for n in os.listdir(out)} == before
+    train.main(COMMON + ["--steps", "4", "--out", out, "--overwrite", "--seed", "1"])
+    ckpt = train.load_checkpoint(os.path.join(out, "checkpoint.pt"))
+    assert ckpt["step"] == 4 and ckpt["args"]["seed"] == 1
+    assert [r["step"] for r in _rows(out)] == ["2", "4"]  # a fresh run, not the old rows plus new ones
+
+
+def test_resume_with_changed_hyper_parameters_is_refused(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    train.main(COMMON + ["--steps", "2", "--out", out])
+    capsys.readouterr()
+    line = _expect_usage_error(COMMON + ["--steps", "4", "--out", out, "--resume", "--lr", "0.01", "--hidden", "9"],
+                               capsys, "--resume")
+    assert "--lr 0.001 in the checkpoint, 0.01 now" in line and "--hidden 8 in the checkpoint, 9 now" in line
+    assert "--k-top" not in line
+    assert train.load_checkpoint(os.path.join(out, "checkpoint.pt"))["step"] == 2
+    # What may change does: more steps, another eval interval; the checkpoint records what was used.
+    train.main(COMMON[:-len(TINY)] + [*TINY, "--steps", "3", "--eval-every", "3", "--out", out, "--resume"])
+    ckpt = train.load_checkpoint(os.path.join(out, "checkpoint.pt"))
+    assert ckpt["step"] == 3 and ckpt["args"]["eval_every"] == 3 and ckpt["args"]["lr"] == 1e-3
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", b"PK\x03\x04truncated zip"], ids=["empty", "junk", "truncated"])
+def test_corrupt_checkpoint_gets_a_clear_message(tmp_path, capsys, content):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "checkpoint.pt").write_bytes(content)
+    line = _expect_usage_error(COMMON + ["--steps", "2", "--out", str(out), "--resume"], capsys, "checkpoint")
+    assert "not a readable checkpoint" in line and (content != b"" or "the file is empty" in line)
+    assert (out / "checkpoint.pt").read_bytes() == content
+
+
+def test_checkpoint_without_our_fields_is_refused(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    torch.save({"weights": torch.zeros(2)}, out / "checkpoint.pt")
+    _expect_usage_error(COMMON + ["--steps", "2", "--out", str(out), "--resume"], capsys, "not a sab-train checkpoint")
+
+
+# --- atomic checkpoints -------------------------------------------------------------------------------------
+
+def test_failed_save_keeps_the_previous_checkpoint(tmp_path, capsys, monkeypatch):
+    out = str(tmp_path / "run")
+    path = os.path.join(out, "checkpoint.pt")
+    train.main(COMMON + ["--steps", "2", "--out", out])
+    good = open(path, "rb").read()
+    real_save = torch.save
+
+    def save_then_fail(obj, f, *a, **kw):  # half a checkpoint reaches the disk, then the disk is full
+        real_save(obj, f, *a, **kw)
+        f.seek(len(good) // 2)
+        f.truncate()
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", save_then_fail)
+    with pytest.raises(OSError, match="No space"):
+        train.main(COMMON + ["--steps", "4", "--out", out, "--resume"])
+    monkeypatch.setattr(torch, "save", real_save)
+    assert open(path, "rb").read() == good
+    assert sorted(os.listdir(out)) == ["checkpoint.pt", "curve.png", "final.json", "metrics.csv"]  # no temp file left
+    # metrics.csv went ahead of the failed checkpoint; the resumed run restarts from the checkpoint's rows.
+    train.main(COMMON + ["--steps", "4", "--out", out, "--resume"])
+    assert train.load_checkpoint(path)["step"] == 4
+    assert [r["step"] for r in _rows(out)] == ["2", "4"]
+
+
+def test_checkpoint_loads_with_weights_only(tmp_path):
+    out = str(tmp_path / "run")
+    train.main(COMMON + ["--steps", "2", "--out", out])
+    ckpt = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True)
+    assert ckpt["step"] == 2 and set(ckpt["args"]) >= set(train.RESUME_MUST_MATCH)
