@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 TRITON_SPEC ?= triton==3.7.1
 
-.PHONY: install demo test bench bench-quick bench-cuda clean
+.PHONY: install demo test bench bench-quick bench-cuda clean triton-matrix gpu-check gpu-check-cpu
 
 $(VENV)/.installed: setup.py $(wildcard csrc/*.cpp csrc/*.h)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,5 +33,24 @@ bench-quick: install
 bench-cuda: install
 	$(PY) -m sab_kernels.bench --device cuda --out bench/results/cuda
 
+# Triton version matrix: the newest patch of every Triton minor that setup.py admits, each in its own venv
+# (.venv-triton-X), installed like a user would (torch CPU wheel first, then triton, then the package without
+# re-resolving torch), running the Triton tests in the interpreter and the compile-for-Hopper (ptxas) test.
+TRITON_MATRIX ?= 3.7.1 3.8.0 3.9.0
+
+.venv-triton-%/.installed: setup.py $(wildcard csrc/*.cpp csrc/*.h)
+	test -x .venv-triton-$*/bin/python || $(PYTHON) -m venv .venv-triton-$*
+	.venv-triton-$*/bin/python -m pip install -q "$(TORCH_SPEC)"
+	.venv-triton-$*/bin/python -m pip install -q "triton==$*"
+	.venv-triton-$*/bin/python -m pip install -q --no-build-isolation -e ".[test]"
+	touch $@
+
+triton-matrix: $(foreach v,$(TRITON_MATRIX),.venv-triton-$(v)/.installed)
+	@set -e; for v in $(TRITON_MATRIX); do \
+	  echo "== triton $$v"; \
+	  .venv-triton-$$v/bin/python -c "import sys, torch, triton; print('torch', torch.__version__, 'triton', triton.__version__); sys.exit(triton.__version__ != '$$v')"; \
+	  SAB_REQUIRE_AOT=1 .venv-triton-$$v/bin/python -m pytest tests/test_triton.py -q -p no:cacheprovider; \
+	done
+
 clean:
-	rm -rf $(VENV) build *.egg-info sab_kernels/_C*.so
+	rm -rf $(VENV) .venv-triton-* build *.egg-info sab_kernels/_C*.so
