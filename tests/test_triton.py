@@ -235,6 +235,17 @@ def test_auto_routes_cpu_tensors_to_triton_under_interpreter(monkeypatch):
     assert calls == ["forward", "backward"]
 
 
+def test_triton_on_cpu_without_interpreter_is_a_clear_error(monkeypatch):
+    """backend="triton" on CPU tensors without TRITON_INTERPRET=1: a ValueError saying what to do, not Triton's
+    "0 active drivers"; backend="auto" then runs the C++ kernels."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # read at each call, so this turns the interpreter off
+    q, k, v, w, _ = make_inputs(Case(2, 9, 4, 3, 2), torch.float32)
+    with pytest.raises(ValueError, match=r"backend='triton' needs CUDA tensors.*'cpu'.*TRITON_INTERPRET=1"):
+        sparse_attention(q, k, v, w, 2, backend="triton")
+    out = sparse_attention(q, k, v, w, 2)
+    assert torch.equal(out.indices, sparse_attention(q, k, v, w, 2, backend="reference").indices)
+
+
 def test_opcheck_triton():
     """torch.library checks (schema, fake tensors, autograd registration) with the Triton backend."""
     q, k, v, w, L = make_inputs(Case(3, 9, 5, 4, 3, lengths="ragged"), torch.float64, DEVICES[0])
