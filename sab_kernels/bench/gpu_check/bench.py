@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shlex
 import subprocess
 import sys
 from typing import Dict, List, Optional, Tuple
@@ -49,7 +50,7 @@ def run_bench(cfg: CheckConfig, root: str, out_dir: str, env: dict) -> StepResul
     cmd = [sys.executable, "-m", "sab_kernels.bench", "--device", cfg.device, *cfg.bench_args, "--out", bench_dir]
     if bw:
         cmd += ["--peak-bandwidth", f"{bw / 1e9:.1f}"]
-    shown = " ".join(["python", *cmd[1:]])
+    shown = shlex.join(["python", *cmd[1:]])
     try:
         proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=cfg.bench_timeout_s)
     except subprocess.TimeoutExpired:

@@ -25,6 +25,7 @@ class CheckConfig:
     lstm_B: int
     lstm_hidden: int
     lstm_reps: Tuple[int, ...]  # timed steps per T (after warm-up)
+    lstm_warmup: int
     sync_T: int  # sequence length of the host-sync count
     # Copy-task training.
     copy_T: int
@@ -34,6 +35,7 @@ class CheckConfig:
     copy_lr: float
     copy_eval_every: int
     copy_eval_size: int
+    copy_backend: str = "auto"  # sparse-attention backend of the copy run
     k_top: int = 5
     k_att: int = 1
     k_trunc: int = 5
@@ -56,6 +58,7 @@ def gpu_config() -> CheckConfig:
         lstm_B=32,
         lstm_hidden=128,
         lstm_reps=(10, 3),
+        lstm_warmup=2,
         sync_T=128,
         copy_T=10,
         copy_B=64,
@@ -79,11 +82,13 @@ def cpu_config() -> CheckConfig:
         target_dtype="float32",
         speedup_min_T=64,
         roofline_T=256,
-        lstm_T=(16, 32),
+        # The interpreter costs about 0.1 s per kernel launch, two launches per SAB step: a few steps only.
+        lstm_T=(4, 8),
         lstm_B=4,
         lstm_hidden=16,
-        lstm_reps=(2, 2),
-        sync_T=8,
+        lstm_reps=(1, 1),
+        lstm_warmup=1,
+        sync_T=4,
         copy_T=3,
         copy_B=16,
         copy_hidden=16,
@@ -91,4 +96,5 @@ def cpu_config() -> CheckConfig:
         copy_lr=1e-2,
         copy_eval_every=20,
         copy_eval_size=32,
+        copy_backend="cpu",  # 40 steps of 23 time steps would take minutes in the interpreter: the C++ kernels
     )

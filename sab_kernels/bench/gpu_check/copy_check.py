@@ -24,7 +24,7 @@ def run_copy(cfg: CheckConfig) -> StepResult:
     task = CopyTask(cfg.copy_T, "onehot")
     torch.manual_seed(0)
     model = build_model("sab", task.input_size, cfg.copy_hidden, task.output_size, k_top=cfg.k_top, k_att=cfg.k_att,
-                        k_trunc=cfg.k_trunc).to(cfg.device)
+                        k_trunc=cfg.k_trunc, backend=cfg.copy_backend).to(cfg.device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.copy_lr)
     g = torch.Generator().manual_seed(0)
     eval_x, eval_y = task.batch(cfg.copy_eval_size, torch.Generator().manual_seed(12345), split="test", device=cfg.device)
@@ -55,5 +55,6 @@ def run_copy(cfg: CheckConfig) -> StepResult:
     table = "| step | loss (all steps) | acc10 | ce10 |\n|---|---|---|---|\n" + "\n".join(
         f"| {r['step']} | {r['loss']:.4f} | {r['acc10']:.3f} | {r['ce10']:.3f} |" for r in curve)
     details = (f"Copy task, delay T={cfg.copy_T} (sequences of {cfg.copy_T + 20}), batch {cfg.copy_B}, hidden {cfg.copy_hidden}, "
+               f"backend {cfg.copy_backend!r}, "
                f"Adam lr {cfg.copy_lr:g}, clip 1.0, {cfg.copy_steps} steps; held-out batch of {cfg.copy_eval_size}.\n\n{table}")
     return StepResult("copy-task", learns, summary, details, rows, data={"curve": curve, "above_chance": above})

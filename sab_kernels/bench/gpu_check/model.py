@@ -165,7 +165,7 @@ def run_model(cfg: CheckConfig) -> StepResult:
     for T, reps in zip(cfg.lstm_T, cfg.lstm_reps):
         for name, factory in models.items():
             step, _, _ = make_step(factory, cfg, T)
-            ts = time_steps(step, cfg.device, reps)
+            ts = time_steps(step, cfg.device, reps, cfg.lstm_warmup)
             med = 1e3 * statistics.median(ts)
             mem = peak_mib(step, cfg.device)
             times[(name, T)] = med

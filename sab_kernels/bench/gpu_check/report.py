@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 from typing import Dict, List, Sequence
 
 from .steps import StepResult
@@ -33,9 +34,7 @@ def markdown(env: Dict[str, str], steps: List[StepResult], verdicts: List[Verdic
             parts += [f"## {s.name}", s.details]
     bench = next((s for s in steps if s.name == "benchmark"), None)
     if bench is not None and bench.data.get("markdown"):
-        body = bench.data["markdown"].replace("\n## ", "\n### ").replace("\n# ", "\n## ")
-        if body.startswith("# "):
-            body = "#" + body
+        body = re.sub(r"^(#+) ", lambda m: "#" * (len(m.group(1)) + 2) + " ", bench.data["markdown"], flags=re.M)
         parts += ["## Benchmark report (OUT/bench/results.md)", body]
     return "\n\n".join(parts) + "\n"
 

@@ -4,6 +4,7 @@ CUDA-only tests: large shapes, 64-bit offsets, determinism); the CPU mode runs a
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -28,7 +29,7 @@ def run_tests(cfg: CheckConfig, root: str, out_dir: str, env: dict) -> StepResul
     ok = proc.returncode == 0 and counts.get("tests", 0) > 0
     summary = (f"{counts.get('passed', 0)} passed, {counts.get('failures', 0) + counts.get('errors', 0)} failed, "
                f"{counts.get('skipped', 0)} skipped: {last}")
-    details = f"`{' '.join(['python', '-m', 'pytest', *cfg.test_args])}` (full log: tests.log)"
+    details = f"`{shlex.join(['python', '-m', 'pytest', *cfg.test_args])}` (full log: tests.log)"
     failed = [c for c in counts.get("failed_names", [])]
     if failed:
         details += "\n\nFailed:\n" + "\n".join(f"- `{n}`" for n in failed[:50])
