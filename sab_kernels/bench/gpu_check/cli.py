@@ -49,7 +49,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     import torch
 
     from ..report import environment
-    from .bench import run_bench
+    from .bench import peak_bandwidth, run_bench
     from .config import cpu_config, gpu_config
     from .copy_check import run_copy
     from .model import run_model
@@ -87,7 +87,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     bench = next((s for s in steps if s.name == "benchmark"), None)
     verdicts = judge(bench.data.get("rows", []) if bench else [], cfg)
 
-    env = environment(cfg.device)
+    env = environment(cfg.device, peak_bandwidth(cfg)[0])
     env["command"] = " ".join(["python", "-m", "sab_kernels.bench.gpu_check", *(argv if argv is not None else sys.argv[1:])])
     env["mode"] = "CPU mode (tiny sizes, Triton interpreter)" if args.cpu else "GPU"
     env["wall time"] = f"{time.perf_counter() - t0:.0f} s"
