@@ -63,7 +63,7 @@ setup(
     packages=find_packages(include=["sab_kernels", "sab_kernels.*"]),
     install_requires=[
         "torch>=2.4",
-        # The CUDA builds of torch 2.13 and 2.14 pin triton 3.7.1 and ~=3.8. CI tests 3.7.1, 3.8.0 and 3.9.0 (make triton-matrix).
+        # CUDA torch 2.13 pins triton 3.7.1, 2.14 ~=3.8. CI tests 3.7.1, 3.8.0 and 3.9.0 (make triton-matrix).
         "triton>=3.7,<3.10; platform_system == 'Linux' and platform_machine == 'x86_64'",
         "numpy",
         "tqdm",

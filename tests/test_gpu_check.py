@@ -10,7 +10,7 @@ import torch
 
 from sab_kernels.bench.gpu_check import cli
 from sab_kernels.bench.gpu_check.config import cpu_config, gpu_config
-from sab_kernels.bench.gpu_check.model import count_host_syncs
+from sab_kernels.bench.gpu_check.model import count_host_syncs, device_event_ms
 from sab_kernels.bench.gpu_check.tests import _junit_counts
 from sab_kernels.bench.gpu_check.verdicts import judge
 
@@ -30,7 +30,9 @@ def test_cpu_mode_end_to_end(tmp_path):
                     "## Benchmark report"):
         assert section in report, section
     assert "FAILED" not in report and "crashed" not in report
-    for name in ("gpu_check.csv", "sab_lstm_step.png", "copy_task.png", "tests.xml", "bench/results.csv"):
+    assert "2 passed, 0 failed, 0 skipped in 2 parallel pytest processes" in report  # the sharded test step
+    for name in ("gpu_check.csv", "sab_lstm_step.png", "copy_task.png", "tests-0.xml", "tests-1.xml",
+                 "bench/results.csv"):
         assert (tmp_path / name).stat().st_size > 0, name
     csv_text = (tmp_path / "gpu_check.csv").read_text()
     assert "SAB-LSTM train step" in csv_text and "forward python_reads" in csv_text
@@ -86,5 +88,18 @@ def test_host_read_counter_counts_and_restores():
 def test_configs_are_small_in_cpu_mode():
     cpu, gpu = cpu_config(), gpu_config()
     assert cpu.device == "cpu" and gpu.device == "cuda"
-    assert max(cpu.lstm_T) <= 32 and cpu.copy_steps <= 50 and "--quick" in cpu.bench_args
+    assert max(cpu.lstm_T) <= 32 and cpu.copy_steps <= 50 and "--quick" in cpu.bench_args and cpu.test_k
+    assert gpu.test_k is None and gpu.test_paths == ("tests/test_triton.py",)  # every CUDA test on a GPU
     assert gpu.lstm_T == (128, 1024) and gpu.k_top == 5 and gpu.k_trunc == 5 and gpu.roofline_T == 65536
+
+
+def test_device_event_ms_reads_profiler_events():
+    """The GPU-busy figure's summation, on CPU events (the same profiler API the CUDA path reads)."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    x = torch.randn(256, 256)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        x @ x
+    assert device_event_ms(prof.events(), DeviceType.CPU) > 0
+    assert device_event_ms(prof.events(), DeviceType.CUDA) == 0

@@ -10,8 +10,10 @@ from typing import Optional, Tuple
 @dataclasses.dataclass(frozen=True)
 class CheckConfig:
     device: str
-    # CUDA tests: pytest arguments after `python -m pytest`, and a time limit.
-    test_args: Tuple[str, ...]
+    # CUDA tests: test files, an optional -k expression, parallel pytest processes, a time limit.
+    test_paths: Tuple[str, ...]
+    test_k: Optional[str]
+    test_shards: int
     test_timeout_s: int
     # The op benchmark: `python -m sab_kernels.bench` arguments (device and output added by bench.py).
     bench_args: Tuple[str, ...]
@@ -45,7 +47,9 @@ class CheckConfig:
 def gpu_config() -> CheckConfig:
     return CheckConfig(
         device="cuda",
-        test_args=("tests/test_triton.py", "-q", "-p", "no:cacheprovider"),
+        test_paths=("tests/test_triton.py",),
+        test_k=None,
+        test_shards=4,  # compiling the kernel variants dominates: spread it over processes
         test_timeout_s=240,
         # B=32 D=H=128 k_top=8 bfloat16 (the quick CUDA sweep's base), at the targets' two sizes only:
         # torch.compile of the reference compiles once per size, which dominates the benchmark's time.
@@ -73,8 +77,9 @@ def gpu_config() -> CheckConfig:
 def cpu_config() -> CheckConfig:
     return CheckConfig(
         device="cpu",
-        test_args=("tests/test_triton.py", "-q", "-p", "no:cacheprovider", "-k",
-                   "test_matches_reference and (B1-T1-D1-H1-k1-full or B6-T33) and fp32"),
+        test_paths=("tests/test_triton.py",),
+        test_k="test_matches_reference and (B1-T1-D1-H1-k1-full or B6-T33) and fp32",
+        test_shards=2,  # the sharded path, as on a GPU
         test_timeout_s=120,
         bench_args=("--quick", "--sections", "op,overhead", "--T", "64,256", "--impls", "fused,eager",
                     "--threads", "1"),

@@ -122,7 +122,6 @@ def count_host_syncs(device: str):
                 torch.cuda.set_sync_debug_mode("warn")
             try:
                 yield counts
-                _sync(device)
             finally:
                 if device == "cuda":
                     torch.cuda.set_sync_debug_mode(previous)
@@ -145,18 +144,21 @@ def sync_latency_us(reps: int = 200) -> float:
     return 1e6 * statistics.median(times)
 
 
+def device_event_ms(events, device_type) -> float:
+    """Summed duration (ms) of the profiler events that ran on `device_type` (for CUDA: kernels, copies, memsets;
+    one stream, so they do not overlap)."""
+    return sum(e.time_range.elapsed_us() for e in events if e.device_type == device_type) / 1e3
+
+
 def gpu_busy_ms(step: Callable) -> float:
-    """Milliseconds of CUDA kernels (torch.profiler) during one step."""
+    """Milliseconds the GPU spends in kernels and copies (torch.profiler) during one step."""
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         step()
         torch.cuda.synchronize()
-    total = prof.key_averages().total_average()
-    us = getattr(total, "self_device_time_total", None)
-    if us is None:
-        us = getattr(total, "self_cuda_time_total", 0.0)
-    return us / 1e3
+    return device_event_ms(prof.events(), DeviceType.CUDA)
 
 
 def run_model(cfg: CheckConfig) -> StepResult:
