@@ -110,4 +110,8 @@ def write_all(out_dir: str, env, steps, verdicts, cpu_mode: bool, passed: bool) 
         f.write(markdown(env, steps, verdicts, cpu_mode, passed))
     write_csv(paths[1], env, steps, verdicts)
     footer = f"{env.get('GPU') or env.get('machine', '')} | torch {env.get('torch')} | triton {env.get('triton')}"
-    return paths + plots(out_dir, steps, footer)
+    try:
+        return paths + plots(out_dir, steps, footer)
+    except ImportError as exc:  # matplotlib missing on a machine installed with --no-deps: the report stands alone
+        print(f"gpu-check: PNGs skipped ({exc})")
+        return paths
