@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 TRITON_SPEC ?= triton==3.7.1
 
-.PHONY: install demo test wheel-check bench bench-quick bench-lstm bench-cuda clean
+.PHONY: install demo test wheel-check bench bench-quick bench-lstm bench-cuda clean triton-matrix gpu-check gpu-check-cpu
 
 $(VENV)/.installed: setup.py pyproject.toml sab_kernels/_version.py $(wildcard csrc/*.cpp csrc/*.h)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -51,5 +51,41 @@ wheel-check: install
 	cd $(WHEEL_CHECK) && venv/bin/python -W error::RuntimeWarning $(CURDIR)/tests/wheel_smoke.py
 	rm -rf $(WHEEL_CHECK)/venv
 
+# Triton version matrix: the newest patch of every Triton minor that setup.py admits, each in its own venv
+# (.venv-triton-X), installed like a user would (torch CPU wheel first, then triton, then the package without
+# re-resolving torch), running the Triton tests in the interpreter and the compile-for-Hopper (ptxas) test.
+# These tests do not use the C++ CPU kernels, so the venvs skip building them (a minute each on 2 cores).
+TRITON_MATRIX ?= 3.7.1 3.8.0 3.9.0
+
+.venv-triton-%/.installed: setup.py $(wildcard csrc/*.cpp csrc/*.h)
+	test -x .venv-triton-$*/bin/python || $(PYTHON) -m venv .venv-triton-$*
+	.venv-triton-$*/bin/python -m pip install -q "$(TORCH_SPEC)"
+	.venv-triton-$*/bin/python -m pip install -q "triton==$*"
+	SAB_KERNELS_NO_EXTENSION=1 .venv-triton-$*/bin/python -m pip install -q --no-build-isolation -e ".[test]"
+	touch $@
+
+triton-matrix: $(foreach v,$(TRITON_MATRIX),.venv-triton-$(v)/.installed)
+	@set -e; for v in $(TRITON_MATRIX); do \
+	  echo "== triton $$v"; \
+	  .venv-triton-$$v/bin/python -c "import sys, torch, triton; print('torch', torch.__version__, 'triton', triton.__version__); sys.exit(triton.__version__ != '$$v')"; \
+	  SAB_REQUIRE_AOT=1 .venv-triton-$$v/bin/python -m pytest tests/test_triton.py -q -p no:cacheprovider; \
+	done
+
+# One command that validates a GPU machine (CUDA torch and Triton already installed, no network): install this
+# checkout against them without fetching anything, then tests, benchmark, SAB-LSTM vs cuDNN, host syncs and a
+# short copy-task run; report.md, gpu_check.csv and PNGs in OUT. gpu-check-cpu: the same at tiny sizes with
+# Triton in the interpreter (CI runs it). The check runs the Triton kernels only: it skips building the C++ ones.
+GPU_PYTHON ?= python3
+OUT ?= bench/results/cuda/gpu-check
+CPU_OUT ?= runs/gpu-check-cpu
+
+gpu-check:
+	$(GPU_PYTHON) -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__, "cuda", torch.cuda.is_available())'
+	SAB_KERNELS_NO_EXTENSION=1 $(GPU_PYTHON) -m pip install --no-deps --no-build-isolation -e . || echo "gpu-check: pip install failed; running from the checkout (PYTHONPATH) instead"
+	PYTHONPATH=$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH} $(GPU_PYTHON) -m sab_kernels.bench.gpu_check --out "$(OUT)"
+
+gpu-check-cpu: install
+	$(PY) -m sab_kernels.bench.gpu_check --cpu --out "$(CPU_OUT)"
+
 clean:
-	rm -rf $(VENV) build *.egg-info sab_kernels/_C*.so
+	rm -rf $(VENV) .venv-triton-* build *.egg-info sab_kernels/_C*.so

@@ -80,6 +80,12 @@ def reference_forward(query, keys, values, score_weight, k_top: int, lengths: Op
     dtype, ct = values.dtype, compute_dtype(values.dtype)
     if lengths is None:
         lengths = torch.full((B,), T, dtype=torch.int64, device=keys.device)
+    else:
+        # Padding slots (i >= lengths[b]) do not exist: zero them, so that whatever they hold (NaN, inf)
+        # reaches no output and, through autograd, no gradient (0 * NaN would).
+        valid = (torch.arange(T, device=keys.device) < lengths.to(keys.device)[:, None])[:, :, None]
+        keys = torch.where(valid, keys, torch.zeros((), dtype=keys.dtype, device=keys.device))
+        values = torch.where(valid, values, torch.zeros((), dtype=values.dtype, device=values.device))
     n = lengths.to(torch.int64)[:, None]  # (B, 1) valid slots per row
     k = min(k_top, T)
 
@@ -125,9 +131,14 @@ def reference_backward(grad_summary, grad_weights, query, keys, values, score_we
     dtype, ct = values.dtype, compute_dtype(values.dtype)
     used = indices >= 0  # (B, k)
     sparse_row = (threshold >= 0)[:, None]  # (B, 1): n > k_top
+    live = torch.cat([used, sparse_row], dim=1)[:, :, None]  # (B, k+1, 1): entries that name a slot
     sel = indices.clamp(min=0)
     rows = torch.cat([sel, threshold.clamp(min=0)[:, None]], dim=1)  # (B, k+1): selected, then threshold
-    hidden = torch.tanh(query.to(ct)[:, None, :] + keys.gather(1, rows[:, :, None].expand(-1, -1, D)).to(ct))
+    # Dead entries point at slot 0, which may be padding holding anything: they see a zero row instead
+    # and add nothing anywhere, so padding is invisible (as in the kernels, which never read it).
+    zero = torch.zeros((), dtype=ct, device=keys.device)
+    k_rows = torch.where(live, keys.gather(1, rows[:, :, None].expand(-1, -1, D)).to(ct), zero)
+    hidden = torch.tanh(query.to(ct)[:, None, :] + k_rows)
     s = (hidden * score_weight.to(ct)).sum(-1)  # (B, k+1), summed exactly as in raw_scores
     s_sel, tau = s[:, :-1], s[:, -1:]
 
@@ -139,7 +150,7 @@ def reference_backward(grad_summary, grad_weights, query, keys, values, score_we
     a = torch.where(sparse_row, relu / z, dense)
     a = torch.where(used, a, torch.zeros_like(a))
 
-    v_sel = values.gather(1, sel[:, :, None].expand(-1, -1, H)).to(ct)
+    v_sel = torch.where(used[:, :, None], values.gather(1, sel[:, :, None].expand(-1, -1, H)).to(ct), zero)
     g_a = grad_weights.to(ct) + (v_sel * grad_summary.to(ct)[:, None, :]).sum(-1)  # dL/da (B, k)
     g_a = torch.where(used, g_a, torch.zeros_like(g_a))
     centred = g_a - (a * g_a).sum(1, keepdim=True)
@@ -149,10 +160,10 @@ def reference_backward(grad_summary, grad_weights, query, keys, values, score_we
     g_tau = torch.where(sparse_row, -g_sel.sum(1, keepdim=True), torch.zeros_like(tau))
     g_s = torch.cat([g_sel, g_tau], dim=1)  # dL/ds for the k+1 rows
 
-    d_pre = g_s[:, :, None] * (1 - hidden * hidden) * score_weight.to(ct)  # dL/d(q + k_row), (B, k+1, D)
+    d_pre = torch.where(live, g_s[:, :, None] * (1 - hidden * hidden) * score_weight.to(ct), zero)  # dL/d(q + k_row)
     grad_query = d_pre.sum(1)
-    grad_score_weight = (g_s[:, :, None] * hidden).sum((0, 1))
-    # Rows are distinct except masked entries, which add exact zeros, so the scatter is deterministic.
+    grad_score_weight = torch.where(live, g_s[:, :, None] * hidden, zero).sum((0, 1))
+    # Rows are distinct except dead entries, which add exact zeros, so the scatter is deterministic.
     grad_keys = torch.zeros((B, T, D), dtype=ct, device=keys.device).scatter_add_(1, rows[:, :, None].expand(-1, -1, D), d_pre)
     g_v = torch.where(used[:, :, None], a[:, :, None] * grad_summary.to(ct)[:, None, :], torch.zeros_like(v_sel))
     grad_values = torch.zeros((B, T, H), dtype=ct, device=keys.device).scatter_add_(1, sel[:, :, None].expand(-1, -1, H), g_v)

@@ -124,3 +124,38 @@ DTYPES = [
 
 def case_params(cases):
     return [pytest.param(c, id=c.id) for c in cases]
+
+
+PADDING_LENGTHS = [0, 1, 3, 4, 7, 12]  # empty, one slot, = k_top, k_top + 1, part, full (T = 12, k_top = 3)
+
+
+def check_padding_invisible(run, k_top: int, dtype=torch.float64, device="cpu", seed: int = 0):
+    """Padding (slots i >= lengths[b]) changes no output and no gradient: NaN / +-inf stored there give
+    bitwise the outputs and gradients of zeros stored there, every gradient is finite and padding rows get
+    exactly zero. `run(query, keys, values, score_weight, k_top, lengths)` -> (summary, weights, indices)."""
+    B, T, D, H = len(PADDING_LENGTHS), 12, 5, 4
+    g = torch.Generator().manual_seed(seed)
+    clean = [torch.randn(*s, generator=g).to(device=device, dtype=dtype) for s in ((B, D), (B, T, D), (B, T, H), (D,))]
+    lengths = torch.tensor(PADDING_LENGTHS, device=device)
+    pad = (torch.arange(T, device=device) >= lengths[:, None])[:, :, None]  # (B, T, 1)
+    junk = torch.tensor([float("nan"), float("inf"), -float("inf")], dtype=dtype, device=device)
+    fill_k = junk[torch.arange(B * T * D, device=device) % 3].reshape(B, T, D)
+    fill_v = junk[torch.arange(B * T * H, device=device) % 3].reshape(B, T, H)
+    dirty = [clean[0], torch.where(pad, fill_k, clean[1]), torch.where(pad, fill_v, clean[2]), clean[3]]
+    zeroed = [clean[0], torch.where(pad, 0, clean[1]), torch.where(pad, 0, clean[2]), clean[3]]
+    grad_summary = torch.randn(B, H, generator=g).to(device=device, dtype=dtype)
+    grad_weights = torch.randn(B, min(k_top, T), generator=g).to(device=device, dtype=dtype)
+    results = []
+    for inputs in (dirty, zeroed):
+        leaves = [t.detach().clone().requires_grad_(True) for t in inputs]
+        out = run(*leaves, k_top, lengths)
+        grads = torch.autograd.grad((out[0], out[1]), leaves, (grad_summary, grad_weights))
+        results.append((out, grads))
+    (out, grads), (out0, grads0) = results
+    for name, a, b in zip(("summary", "weights", "indices"), out[:3], out0[:3]):
+        assert torch.equal(a, b), f"{name} depends on what padding holds:\n{a}\n{b}"
+    for name, a, b in zip(("query", "keys", "values", "score_weight"), grads, grads0):
+        assert torch.isfinite(a).all(), f"grad_{name} is not finite with NaN/inf in padding:\n{a}"
+        assert torch.equal(a, b), f"grad_{name} depends on what padding holds"
+    assert (grads[1].cpu()[pad.cpu().expand(-1, -1, D)] == 0).all() and (grads[2].cpu()[pad.cpu().expand(-1, -1, H)] == 0).all()
+    return out, grads

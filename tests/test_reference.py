@@ -1,9 +1,12 @@
 """The reference itself: hand-checked values, the paper's sparsifier, gradcheck, and its written-out backward."""
 
+import functools
+
 import pytest
 import torch
 
-from op_cases import SMALL_CASES, Case, case_params, check_backend, make_inputs
+from op_cases import SMALL_CASES, Case, case_params, check_backend, check_padding_invisible, make_inputs
+from sab_kernels import sparse_attention
 from sab_kernels.reference import EPS, raw_scores, reference_backward, reference_forward, sparse_attention_reference
 
 
@@ -99,3 +102,18 @@ def test_written_out_backward_is_exactly_sparse():
     summary, weights, indices, threshold = reference_forward(q, k, v, w, 4, L)
     grads = reference_backward(torch.ones_like(summary), torch.ones_like(weights), q, k, v, w, 4, L, indices, threshold)
     assert ((grads[1] != 0).any(-1).sum(1) <= 5).all() and ((grads[2] != 0).any(-1).sum(1) <= 4).all()
+
+
+@pytest.mark.parametrize("k_top", [3, 12], ids=["sparse-rows", "softmax-rows"])
+@pytest.mark.parametrize("backend", ["autograd", "reference", "cpu"])
+def test_padding_is_invisible(backend, k_top):
+    """NaN / +-inf in padding slots (i >= lengths[b], rows of length 0 included) change no output and no
+    gradient: through autograd of the reference (the oracle), the reference backend's written-out backward
+    and the C++ backend. (The Triton backend: tests/test_triton.py.)"""
+    run = sparse_attention_reference if backend == "autograd" else functools.partial(_op, backend=backend)
+    for dtype in (torch.float64, torch.float32):
+        check_padding_invisible(run, k_top, dtype)
+
+
+def _op(q, k, v, w, k_top, lengths, backend):
+    return sparse_attention(q, k, v, w, k_top, lengths=lengths, backend=backend)

@@ -29,12 +29,20 @@ def triton_interpreter_enabled() -> bool:
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
-    """Map "auto" to a concrete backend: CUDA -> triton; CPU -> triton under TRITON_INTERPRET=1, else cpu."""
-    if backend != "auto":
-        return backend
-    if device.type == "cuda" or triton_interpreter_enabled():
-        return "triton"
-    return "cpu"
+    """Map "auto" to a concrete backend: CUDA -> triton; CPU -> triton under TRITON_INTERPRET=1, else cpu.
+
+    backend="triton" with tensors off CUDA and no interpreter is a ValueError here, before Triton would fail
+    with "0 active drivers"."""
+    if backend == "auto":
+        return "triton" if device.type == "cuda" or triton_interpreter_enabled() else "cpu"
+    if backend == "triton" and device.type != "cuda" and not triton_interpreter_enabled():
+        raise ValueError(
+            f"backend='triton' needs CUDA tensors, but the inputs are on device {device.type!r} and the Triton "
+            "interpreter is off. Use backend='cpu' (the C++ kernels) or backend='auto' for CPU tensors, move the "
+            "inputs to a GPU, or set TRITON_INTERPRET=1 in the environment before Python starts to run the Triton "
+            "kernels in the (slow) interpreter."
+        )
+    return backend
 
 
 _MODULES = {"triton": ".triton_backend", "cpu": ".cpu_backend", "reference": ".reference_backend"}

@@ -294,34 +294,37 @@ def _bwd_kernel(gs_ptr, gw_ptr, q_ptr, k_ptr, v_ptr, w_ptr, indices_ptr, thresho
                 BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr):
     """One program per row: `reference_backward` on the k = K_OUT selected rows and the threshold row.
 
-    Entry j < K_OUT is selected slot j, entry K_OUT the threshold slot; unused entries read slot 0 (as the
-    reference's clamp does) and carry zero gradient.
+    Entry j < K_OUT is selected slot j, entry K_OUT the threshold slot. Only live entries (a selected slot, or
+    the threshold slot of a sparse row) read keys or values or add to any gradient: padding slots and the
+    unused entries of short rows are never read, so NaN or inf stored there changes nothing.
+    Every condition that reaches a mask is block-shaped: a block combined with a scalar condition gives int32
+    masks in Triton 3.9's interpreter, which tl.load / tl.store reject.
     """
     b = tl.program_id(0)
     b64 = b.to(tl.int64)
     T64 = tl.cast(T, tl.int64)
     pos = tl.arange(0, K_PAD)
     is_sel = pos < K_OUT
-    in_set = pos <= K_OUT
     sel = tl.load(indices_ptr + b64 * K_OUT + pos, mask=is_sel, other=-1)
     thr = tl.load(threshold_ptr + b64)
-    raw = tl.where(is_sel, sel, tl.where(pos == K_OUT, thr, -1))
-    used = is_sel & (sel >= 0)
-    sparse_row = thr >= 0
-    rows = tl.maximum(raw, 0)
+    raw = tl.where(is_sel, sel, tl.where(pos == K_OUT, thr, -1))  # slot of each entry, -1 where none
+    live = raw >= 0
+    used = is_sel & live
+    sparse_row = (tl.zeros([K_PAD], tl.int64) + thr) >= 0  # n > k_top, as a block
+    rows = tl.maximum(raw, 0)  # pointer arithmetic only: dead entries are masked out of every load/store
     k_rows = k_ptr + (b64 * T64 + rows) * D  # (K_PAD,) row pointers
     v_rows = v_ptr + (b64 * T64 + rows) * H
     gv_rows = gv_ptr + (b64 * T64 + rows) * H
     offs_d = tl.arange(0, BLOCK_D)
     offs_h = tl.arange(0, BLOCK_H)
 
-    # Scores of the k + 1 rows.
+    # Scores of the k + 1 rows (dead entries see a zero key row: finite, and masked below).
     s = tl.zeros([K_PAD], ACC)
     for d0 in tl.static_range(0, D, BLOCK_D):
         dmask = (d0 + offs_d) < D
         q = tl.load(q_ptr + b64 * D + d0 + offs_d, mask=dmask, other=0.0).to(ACC)
         w = tl.load(w_ptr + d0 + offs_d, mask=dmask, other=0.0).to(ACC)
-        kr = tl.load(k_rows[:, None] + (d0 + offs_d)[None, :], mask=in_set[:, None] & dmask[None, :], other=0.0).to(ACC)
+        kr = tl.load(k_rows[:, None] + (d0 + offs_d)[None, :], mask=live[:, None] & dmask[None, :], other=0.0).to(ACC)
         s += tl.sum(_tanh(q[None, :] + kr) * w[None, :], 1)
     tau = tl.sum(tl.where(pos == K_OUT, s, 0.0), 0)
 
@@ -329,7 +332,7 @@ def _bwd_kernel(gs_ptr, gw_ptr, q_ptr, k_ptr, v_ptr, w_ptr, indices_ptr, thresho
     r = s - tau
     relu = tl.where(is_sel, tl.where(r <= 0, 0.0, r), 0.0)
     z = tl.sum(relu, 0) + EPS
-    m = tl.sum(tl.where(pos == 0, s, 0.0), 0)  # slot 0 holds the largest score (NaN ranks first)
+    m = tl.sum(tl.where(pos == 0, s, 0.0), 0)  # entry 0 holds the largest score (NaN ranks first)
     e = tl.where(used, tl.exp(s - m), 0.0)
     e_sum = tl.sum(e, 0)
     dense = e / tl.where(e_sum > 0, e_sum, 1.0)
@@ -354,26 +357,17 @@ def _bwd_kernel(gs_ptr, gw_ptr, q_ptr, k_ptr, v_ptr, w_ptr, indices_ptr, thresho
     g_tau = tl.where(sparse_row, -tl.sum(g_sel, 0), 0.0)
     g_s = tl.where(is_sel, g_sel, tl.where(pos == K_OUT, g_tau, 0.0))
 
-    # Through tanh: dL/d(q + k_row) per row; query, key rows, and the score_weight partial.
-    # Unused entries read slot 0 and add their (zero, or NaN for a NaN slot 0) term to its row, as the
-    # reference's scatter_add does: onto the written entry of slot 0 if there is one, else stored alone.
-    write_key = used | ((pos == K_OUT) & sparse_row)
-    unused = in_set & (write_key == 0)
-    row0 = write_key & (rows == 0)
-    row0_written = tl.max(row0.to(tl.int32), 0) > 0
+    # Through tanh: dL/d(q + k_row) per live row; query, key rows (distinct slots), the score_weight partial.
     gk_rows = gk_ptr + (b64 * T64 + rows) * D
     for d0 in tl.static_range(0, D, BLOCK_D):
         dmask = (d0 + offs_d) < D
         q = tl.load(q_ptr + b64 * D + d0 + offs_d, mask=dmask, other=0.0).to(ACC)
         w = tl.load(w_ptr + d0 + offs_d, mask=dmask, other=0.0).to(ACC)
-        kr = tl.load(k_rows[:, None] + (d0 + offs_d)[None, :], mask=in_set[:, None] & dmask[None, :], other=0.0).to(ACC)
+        kr = tl.load(k_rows[:, None] + (d0 + offs_d)[None, :], mask=live[:, None] & dmask[None, :], other=0.0).to(ACC)
         hid = _tanh(q[None, :] + kr)
-        d_pre = tl.where(in_set[:, None], g_s[:, None] * (1.0 - hid * hid) * w[None, :], 0.0)
+        d_pre = tl.where(live[:, None], g_s[:, None] * (1.0 - hid * hid) * w[None, :], 0.0)
         tl.store(gq_ptr + b64 * D + d0 + offs_d, tl.sum(d_pre, 0).to(gq_ptr.dtype.element_ty), mask=dmask)
-        gw_part = tl.sum(tl.where(in_set[:, None], g_s[:, None] * hid, 0.0), 0)
+        gw_part = tl.sum(tl.where(live[:, None], g_s[:, None] * hid, 0.0), 0)
         tl.store(gwp_ptr + b64 * D + d0 + offs_d, gw_part, mask=dmask)
-        extra = tl.sum(tl.where(unused[:, None], d_pre, 0.0), 0)
-        d_key = d_pre + tl.where(row0[:, None], extra[None, :], 0.0)
-        tl.store(gk_rows[:, None] + (d0 + offs_d)[None, :], d_key.to(gk_ptr.dtype.element_ty),
-                 mask=write_key[:, None] & dmask[None, :])
-        tl.store(gk_ptr + b64 * T64 * D + d0 + offs_d, extra.to(gk_ptr.dtype.element_ty), mask=dmask & (row0_written == 0))
+        tl.store(gk_rows[:, None] + (d0 + offs_d)[None, :], d_pre.to(gk_ptr.dtype.element_ty),
+                 mask=live[:, None] & dmask[None, :])
