@@ -131,12 +131,12 @@ def test_empty_batch_through_the_memory_module(backend):
 
     torch.manual_seed(0)
     mem = SparseAttentiveMemory(hidden_size=H, attn_dim=64, k_top=2, backend=backend)
-    mem.reset(torch.zeros(0, H))
-    mem.append(torch.randn(0, H))
+    state = mem.start(torch.zeros(0, 1, H))
+    mem.append(state, torch.randn(0, H))
     h_hat = torch.randn(0, H, requires_grad=True)
     poison = torch.full((64,), float("nan"))
     del poison
-    out = mem.attend(h_hat)
+    out = mem.attend(state, h_hat)
     (out.summary.sum() + out.weights.sum()).backward()
     for name, p in mem.named_parameters():
         assert p.grad is not None and torch.equal(p.grad, torch.zeros_like(p)), name

@@ -314,8 +314,11 @@ def test_auto_picks_the_fused_path_on_cpu_and_the_step_path_otherwise():
     assert not SABLSTM(3, 6, backend="cpu").uses_fused_path(x, trace=[])
 
 
-def test_fused_double_backward_raises_clearly():
-    core = make("fused", 2, 1, 3)
+@pytest.mark.parametrize("path", ["fused", "step"])
+def test_double_backward_raises_clearly(path):
+    """Neither path can differentiate its backward (the per-step mailbox carries no graph): a clear error,
+    never a silently wrong zero (a gradient penalty through the module)."""
+    core = make(path, 2, 1, 3)
     x = torch.randn(5, 2, 3, dtype=torch.float64, requires_grad=True)
     out, _ = core(x)
     (gx,) = torch.autograd.grad(out.sum(), x, create_graph=True)

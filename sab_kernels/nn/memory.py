@@ -36,6 +36,7 @@ from typing import List, NamedTuple, Optional, Set
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from sab_kernels.op import backward_impl, forward_impl
 
@@ -134,6 +135,7 @@ class _Write(torch.autograd.Function):
         return token.new_empty(())
 
     @staticmethod
+    @once_differentiable  # the mailbox carries no graph: double backward raises instead of returning 0
     def backward(ctx, grad_token):
         g = ctx.mailbox.take(ctx.j0, ctx.j1)  # always taken: empties the rows even when h needs no gradient
         g = g.reshape(ctx.shape) if g is not None and ctx.needs_input_grad[4] else None
@@ -151,6 +153,7 @@ class _Export(torch.autograd.Function):
         return values[:, :n].clone()
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad):
         if grad is not None:
             ctx.mailbox.post(grad)
@@ -175,6 +178,7 @@ class _Attend(torch.autograd.Function):
         return summary, weights, indices, threshold
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_summary, grad_weights, _gi, _gt):
         query, score_weight, key_weight, weights, indices, threshold = ctx.saved_tensors
         keys, values, k_top = ctx.keys, ctx.values, ctx.k_top
