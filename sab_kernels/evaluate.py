@@ -80,8 +80,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.seq_len:
             print("sab_kernels.evaluate: --seq-len applies to copy models only", file=sys.stderr)
             return 2
-        task = make_task(task_info["name"], task_info["seq_len"], task_info["input"], None, task_info["permute"],
-                         task_info["seed"])
+        task = make_task(task_info["name"], task_info["seq_len"], task_info["input"], task_info["data"],
+                         task_info["permute"], task_info["seed"])
         results = {str(task_info["seq_len"]): evaluate_task(model, task, args.examples, args.batch_size, args.seed,
                                                             args.device)}
     names = sorted({k for m in results.values() for k in m})

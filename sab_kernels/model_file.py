@@ -3,7 +3,7 @@
     {"format": "sab-kernels/model", "version": 1,
      "build": {kind, input_size, hidden_size, output_size, k_top, k_att, k_trunc, attn_dim},   # build_model's arguments
      "task": {name, seq_len, input, permute, seed},                                           # make_task's arguments
-     "state_dict": {...}, "metrics": {...}, "command": "python -m sab_kernels.train ..."}
+     "state_dict": {...}, "metrics": {...}, "train_args": {...}}   # the sab-train settings, when it wrote the file
 
 Only plain values (tensors, numbers, strings, lists, dicts): `load_model` reads it with
 `torch.load(..., weights_only=True)`, so a file from elsewhere cannot run code. Written atomically (a temporary
@@ -12,44 +12,29 @@ file in the same folder, fsync, rename): a failed save leaves the previous file 
 
 from __future__ import annotations
 
-import os
-import tempfile
 from typing import Any, Dict, Optional, Tuple
 
 import torch
 from torch import nn
 
+from ._io import atomic_write
+
 FORMAT, VERSION = "sab-kernels/model", 1
 BUILD_KEYS = ("kind", "input_size", "hidden_size", "output_size", "k_top", "k_att", "k_trunc", "attn_dim")
-TASK_KEYS = ("name", "seq_len", "input", "permute", "seed")
-
-
-def atomic_save(obj: Any, path: str) -> None:
-    """torch.save to a temporary file beside `path`, fsync, then os.replace: all or nothing."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+TASK_KEYS = ("name", "seq_len", "input", "permute", "seed", "data")
 
 
 def save_model(path: str, model: nn.Module, build: Dict[str, Any], task: Dict[str, Any],
-               metrics: Optional[Dict[str, Any]] = None, command: str = "") -> None:
+               metrics: Optional[Dict[str, Any]] = None, train_args: Optional[Dict[str, Any]] = None) -> None:
     """Write `model` (built by build_model(**build)) with what rebuilds and re-evaluates it."""
     missing = [k for k in BUILD_KEYS if k not in build] + [k for k in TASK_KEYS if k not in task]
     if missing:
         raise ValueError(f"save_model: build/task lack {missing}")
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    atomic_save({"format": FORMAT, "version": VERSION, "build": {k: build[k] for k in BUILD_KEYS},
-                 "task": {k: task[k] for k in TASK_KEYS}, "state_dict": state, "metrics": dict(metrics or {}),
-                 "command": command}, path)
+    blob = {"format": FORMAT, "version": VERSION, "build": {k: build[k] for k in BUILD_KEYS},
+            "task": {k: task[k] for k in TASK_KEYS}, "state_dict": state, "metrics": dict(metrics or {}),
+            "train_args": dict(train_args or {})}
+    atomic_write(path, lambda f: torch.save(blob, f))
 
 
 def load_model(path: str, device="cpu", backend: str = "auto") -> Tuple[nn.Module, Dict[str, Any]]:

@@ -28,11 +28,13 @@ import math
 import os
 import sys
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Dict, List, Optional
 
 import torch
 
+from ._io import atomic_write
 from .kernels import triton_interpreter_enabled
+from .model_file import save_model
 from .nn import MODEL_KINDS, build_model
 from .tasks import TASKS, copy_transfer, make_task
 
@@ -40,7 +42,7 @@ from .tasks import TASKS, copy_transfer, make_task
 # Settings that define the trained model and its data: a resumed run must use the checkpoint's values.
 RESUME_MUST_MATCH = ("task", "model", "seq_len", "k_top", "k_att", "k_trunc", "hidden", "attn_dim", "batch_size",
                      "lr", "clip", "seed", "input", "data", "no_permute", "eval_size")
-OUTPUTS = ("checkpoint.pt", "metrics.csv", "final.json", "curve.png")
+OUTPUTS = ("checkpoint.pt", "metrics.csv", "final.json", "curve.png", "model.pt")
 BACKENDS = ("auto", "cpu", "triton", "reference")
 
 
@@ -268,31 +270,6 @@ def plot_curve(rows: List[dict], path: str, title: str) -> None:
     plt.close(fig)
 
 
-def atomic_write(path: str, write: Callable) -> None:
-    """Write a file that must survive: `write(f)` fills a temporary binary file in the same folder, which is
-    flushed, fsynced and renamed over `path`. A failure part-way leaves the previous file untouched."""
-    folder = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    try:  # make the rename itself durable; best effort, some file systems refuse fsync on a folder
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
-
-
 def _write_csv(rows: List[dict], path: str) -> None:
     text = io.StringIO(newline="")
     writer = csv.DictWriter(text, fieldnames=list(rows[0]))
@@ -393,6 +370,13 @@ def run(args: argparse.Namespace) -> dict:
             res = copy_transfer(model, lens, args.transfer_size, args.batch_size, args.input, seed=20_000 + args.seed, device=device)
             result["transfer"] = {str(T): {k: round(v, 5) for k, v in m.items()} for T, m in res.items()}
         plot_curve(rows, os.path.join(args.out, "curve.png"), f"{args.task} T={args.seq_len} {args.model}")
+        save_model(os.path.join(args.out, "model.pt"), model,
+                   build=dict(kind=args.model, input_size=task.input_size, hidden_size=args.hidden,
+                              output_size=task.output_size, k_top=args.k_top, k_att=args.k_att,
+                              k_trunc=args.k_trunc or None, attn_dim=args.attn_dim),
+                   task=dict(name=args.task, seq_len=args.seq_len, input=args.input, permute=not args.no_permute,
+                             seed=args.seed, data=args.data),
+                   metrics=result, train_args=dict(vars(args)))
         atomic_write(os.path.join(args.out, "final.json"), lambda f: f.write(json.dumps(result, indent=1).encode("utf-8")))
     if world > 1:
         import torch.distributed as dist

@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from sab_kernels import evaluate
-from sab_kernels.model_file import atomic_save, load_model, save_model
+from sab_kernels.model_file import load_model, save_model
 from sab_kernels.nn import build_model
 from sab_kernels.tasks import copy_transfer
 
 BUILD = dict(kind="sab", input_size=10, hidden_size=12, output_size=10, k_top=2, k_att=2, k_trunc=3, attn_dim=8)
-TASK = dict(name="copy", seq_len=6, input="onehot", permute=True, seed=0)
+TASK = dict(name="copy", seq_len=6, input="onehot", permute=True, seed=0, data=None)
 
 
 def _saved(tmp_path):
@@ -22,7 +22,7 @@ def _saved(tmp_path):
     b = dict(BUILD)
     model = build_model(b.pop("kind"), b.pop("input_size"), b.pop("hidden_size"), b.pop("output_size"), backend="cpu", **b)
     path = str(tmp_path / "model.pt")
-    save_model(path, model, BUILD, TASK, metrics={"acc10": 0.5}, command="python -m sab_kernels.train copy ...")
+    save_model(path, model, BUILD, TASK, metrics={"acc10": 0.5}, train_args={"lr": 1e-3})
     return model, path
 
 
@@ -30,6 +30,7 @@ def test_a_saved_model_rebuilds_to_the_same_function(tmp_path):
     model, path = _saved(tmp_path)
     loaded, info = load_model(path, backend="cpu")
     assert info["build"] == BUILD and info["task"] == TASK and info["metrics"] == {"acc10": 0.5}
+    assert info["train_args"] == {"lr": 1e-3}
     x = torch.randn(3, 26, 10)
     with torch.no_grad():
         assert torch.equal(loaded(x), model.eval()(x))
@@ -71,8 +72,7 @@ def test_a_file_that_would_run_code_is_refused(tmp_path):
 
 
 def test_a_failed_save_leaves_the_previous_file(tmp_path, monkeypatch):
-    path = tmp_path / "model.pt"
-    atomic_save({"step": 1}, str(path))
+    model, path = _saved(tmp_path)
 
     def broken(obj, f):
         f.write(b"half a file")
@@ -80,10 +80,26 @@ def test_a_failed_save_leaves_the_previous_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", broken)
     with pytest.raises(OSError, match="disk full"):
-        atomic_save({"step": 2}, str(path))
+        save_model(path, model, BUILD, TASK)
     monkeypatch.undo()
-    assert torch.load(path, weights_only=True) == {"step": 1}
+    load_model(path)  # the earlier file, intact
     assert os.listdir(tmp_path) == ["model.pt"]  # no temporary file left behind
+
+
+def test_sab_train_writes_a_model_file_that_evaluates_to_its_final_metrics(tmp_path, capsys):
+    from sab_kernels import train
+
+    out = str(tmp_path / "run")
+    train.main(["copy", "--seq-len", "5", "--hidden", "8", "--steps", "3", "--batch-size", "8", "--eval-every", "3",
+                "--eval-size", "16", "--backend", "cpu", "--out", out, "--no-progress"])
+    final = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    model, info = load_model(os.path.join(out, "model.pt"), backend="cpu")
+    assert info["task"]["seq_len"] == 5 and info["build"]["hidden_size"] == 8 and info["train_args"]["steps"] == 3
+    args = train.parse_args(["copy", "--seq-len", "5", "--hidden", "8", "--batch-size", "8", "--eval-size", "16"])
+    from sab_kernels.tasks import make_task
+
+    again = train.evaluate(model, make_task("copy", 5), args, "cpu")  # the run's own evaluation, re-done
+    assert again["acc10"] == pytest.approx(final["acc10"], abs=1e-5)
 
 
 def test_evaluate_checks_its_arguments_first(tmp_path, capsys):

@@ -260,7 +260,7 @@ def test_failed_save_keeps_the_previous_checkpoint(tmp_path, capsys, monkeypatch
         train.main(COMMON + ["--steps", "4", "--out", out, "--resume"])
     monkeypatch.setattr(torch, "save", real_save)
     assert open(path, "rb").read() == good
-    assert sorted(os.listdir(out)) == ["checkpoint.pt", "curve.png", "final.json", "metrics.csv"]  # no temp file left
+    assert sorted(os.listdir(out)) == ["checkpoint.pt", "curve.png", "final.json", "metrics.csv", "model.pt"]  # no temp file left
     # metrics.csv went ahead of the failed checkpoint; the resumed run restarts from the checkpoint's rows.
     train.main(COMMON + ["--steps", "4", "--out", out, "--resume"])
     assert train.load_checkpoint(path)["step"] == 4
