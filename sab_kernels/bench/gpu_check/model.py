@@ -40,7 +40,8 @@ def _models(cfg: CheckConfig):
     def lstm():
         return build_model("lstm", CLASSES, cfg.lstm_hidden, CLASSES)
 
-    return {"SAB-LSTM": sab, "nn.LSTM (cuDNN)" if cfg.device == "cuda" else "nn.LSTM": lstm}
+    cudnn = cfg.device == "cuda" and torch.backends.cudnn.is_available() and torch.backends.cudnn.enabled
+    return {"SAB-LSTM": sab, "nn.LSTM (cuDNN)" if cudnn else "nn.LSTM": lstm}
 
 
 def make_step(factory: Callable, cfg: CheckConfig, T: int, seed: int = 0):
