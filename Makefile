@@ -57,7 +57,7 @@ wheel-check: install
 # These tests do not use the C++ CPU kernels, so the venvs skip building them (a minute each on 2 cores).
 TRITON_MATRIX ?= 3.7.1 3.8.0 3.9.0
 
-.venv-triton-%/.installed: setup.py $(wildcard csrc/*.cpp csrc/*.h)
+.venv-triton-%/.installed: setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*.h)
 	test -x .venv-triton-$*/bin/python || $(PYTHON) -m venv .venv-triton-$*
 	.venv-triton-$*/bin/python -m pip install -q "$(TORCH_SPEC)"
 	.venv-triton-$*/bin/python -m pip install -q "triton==$*"
