@@ -103,16 +103,19 @@ def _fallback_child(prelude):
     return fallback[0]
 
 
+# Python source that makes `import sab_kernels._C` fail, as a missing or broken build would.
+BLOCK_EXTENSION = (
+    "import importlib.abc, sys\n"
+    "class Block(importlib.abc.MetaPathFinder):\n"
+    "    def find_spec(self, name, path, target=None):\n"
+    "        if name == 'sab_kernels._C':\n"
+    "            raise ImportError('blocked by the test')\n"
+    "sys.meta_path.insert(0, Block())\n"
+)
+
+
 def test_fallback_when_the_extension_is_missing():
-    block = (
-        "import importlib.abc, sys\n"
-        "class Block(importlib.abc.MetaPathFinder):\n"
-        "    def find_spec(self, name, path, target=None):\n"
-        "        if name == 'sab_kernels._C':\n"
-        "            raise ImportError('blocked by the test')\n"
-        "sys.meta_path.insert(0, Block())\n"
-    )
-    message = _fallback_child(block)
+    message = _fallback_child(BLOCK_EXTENSION)
     assert message.startswith("RuntimeWarning") and "could not be imported (blocked by the test)" in message
 
 
@@ -126,14 +129,7 @@ def test_fallback_when_built_against_another_torch():
 @pytest.mark.parametrize("asked", [False, True], ids=["fail", "skip-when-asked"])
 def test_fallback_only_when_asked_kernel_tests_fail_without_the_extension(tmp_path, asked):
     """Run this file's kernel tests with the extension blocked: they fail, unless the fallback was asked for."""
-    (tmp_path / "sitecustomize.py").write_text(
-        "import importlib.abc, sys\n"
-        "class Block(importlib.abc.MetaPathFinder):\n"
-        "    def find_spec(self, name, path, target=None):\n"
-        "        if name == 'sab_kernels._C':\n"
-        "            raise ImportError('blocked by the test')\n"
-        "sys.meta_path.insert(0, Block())\n"
-    )
+    (tmp_path / "sitecustomize.py").write_text(BLOCK_EXTENSION)
     env = {k: v for k, v in os.environ.items() if not k.startswith("SAB_KERNELS_")}
     env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), ROOT, env.get("PYTHONPATH", "")])
     if asked:
