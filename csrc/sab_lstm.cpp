@@ -9,11 +9,12 @@
 // k_top = 0: no memory (truncated-BPTT LSTM; k_trunc = 0: full BPTT).
 //
 // Backward, one reverse sweep. The gradient of h_t is the output's, plus the main chain's (unless step t+1
-// was truncated), plus the slot gradient collected in a mailbox (B, S, H) for the slot step t wrote, from
-// every later attention that selected it (or used it as the threshold). Each attention's backward is the
-// op's compact (k_top+1)-row problem: the selected rows and the threshold row are gathered, the kernel runs
-// on them alone, and the key gradients fold into the slots (dm = dv + dk W_m) and into W_m. Steps that no
-// gradient reaches are skipped (sparse replay): no output gradient, no live chain, no selected slot.
+// was truncated), plus the gradient of the slot step t wrote, collected from every later attention that
+// selected it (or used it as the threshold). Each attention's backward is the op's compact (k_top+1)-row
+// problem: the selected rows and the threshold row are gathered and the kernel runs on them alone; their value
+// and key gradients go to per-slot mailboxes (B, S, H) and (B, S, D), and a slot's key gradient is folded
+// through W_m (dm = dv + dk W_m, dW_m += dk^T m) once, when the sweep reaches the step that wrote it. Steps
+// that no gradient reaches are skipped (sparse replay): no output gradient, no live chain, no selected slot.
 // Everything runs in a fixed order, so results are bitwise reproducible for any thread count.
 
 #include <ATen/ATen.h>
