@@ -41,7 +41,7 @@ from .tasks import TASKS, copy_transfer, make_task
 
 # Settings that define the trained model and its data: a resumed run must use the checkpoint's values.
 RESUME_MUST_MATCH = ("task", "model", "seq_len", "k_top", "k_att", "k_trunc", "hidden", "attn_dim", "batch_size",
-                     "lr", "clip", "seed", "input", "data", "no_permute", "eval_size")
+                     "lr", "clip", "lr_schedule", "warmup", "seed", "input", "data", "no_permute", "eval_size")
 OUTPUTS = ("checkpoint.pt", "metrics.csv", "final.json", "curve.png", "model.pt")
 BACKENDS = ("auto", "cpu", "triton", "reference")
 
@@ -61,6 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64, help="per process")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--clip", type=float, default=1.0, help="gradient-norm clip (0: off)")
+    p.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
+                   help="constant (the paper's), or cosine decay from --lr to 0 at --steps")
+    p.add_argument("--warmup", type=int, default=0, help="linear learning-rate warm-up over this many steps")
     p.add_argument("--steps", type=int, default=1000, help="total optimizer steps (a resumed run continues to it)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
@@ -127,7 +130,7 @@ def _check_numbers(args) -> None:
     at_least = [("--seq-len", args.seq_len, 1), ("--k-top", args.k_top, 1 if args.model == "sab" else 0),
                 ("--k-att", args.k_att, 1), ("--k-trunc", args.k_trunc, 0), ("--hidden", args.hidden, 1),
                 ("--batch-size", args.batch_size, 1), ("--steps", args.steps, 0), ("--eval-every", args.eval_every, 1),
-                ("--eval-size", args.eval_size, 1), ("--transfer-size", args.transfer_size, 1)]
+                ("--eval-size", args.eval_size, 1), ("--transfer-size", args.transfer_size, 1), ("--warmup", args.warmup, 0)]
     if args.attn_dim is not None:
         at_least.append(("--attn-dim", args.attn_dim, 1))
     if args.threads is not None:
@@ -189,8 +192,9 @@ def _check_out(args) -> None:
     ckpt_path = os.path.join(args.out, "checkpoint.pt")
     if args.resume and os.path.exists(ckpt_path):
         saved = load_checkpoint(ckpt_path)["args"]
+        must_match = RESUME_MUST_MATCH + (("steps",) if args.lr_schedule == "cosine" else ())  # it sets the decay
         diff = [f"--{k.replace('_', '-')} {saved[k]!r} in the checkpoint, {getattr(args, k)!r} now"
-                for k in RESUME_MUST_MATCH if k in saved and saved[k] != getattr(args, k)]
+                for k in must_match if k in saved and saved[k] != getattr(args, k)]
         if diff:
             raise ValueError(f"--resume: {ckpt_path} was trained with other settings ({'; '.join(diff)}); "
                              "rerun with the checkpoint's values, or use a new --out")
@@ -256,11 +260,13 @@ def plot_curve(rows: List[dict], path: str, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [k for k in rows[0] if k not in ("step", "seconds")]
+    names = [k for k in dict.fromkeys(k for r in rows for k in r) if k not in ("step", "seconds")]
     fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.2), squeeze=False)
     steps = [r["step"] for r in rows]
     for ax, name in zip(axes[0], names):
-        ax.plot(steps, [r[name] for r in rows], marker=".")
+        ax.plot(steps, [r.get(name, math.nan) for r in rows], marker=".")
+        if name == "grad_norm_max":
+            ax.set_yscale("log")
         ax.set_xlabel("step")
         ax.set_title(name)
         ax.grid(alpha=0.3)
@@ -272,7 +278,8 @@ def plot_curve(rows: List[dict], path: str, title: str) -> None:
 
 def _write_csv(rows: List[dict], path: str) -> None:
     text = io.StringIO(newline="")
-    writer = csv.DictWriter(text, fieldnames=list(rows[0]))
+    # Columns of every row, in first-seen order (a run resumed from an older checkpoint gains columns).
+    writer = csv.DictWriter(text, fieldnames=list(dict.fromkeys(k for r in rows for k in r)), restval="")
     writer.writeheader()
     writer.writerows(rows)
     atomic_write(path, lambda f: f.write(text.getvalue().encode("utf-8")))
@@ -281,7 +288,8 @@ def _write_csv(rows: List[dict], path: str) -> None:
 def read_rows(path: str) -> List[dict]:
     """metrics.csv back as a list of {column: float} (step as int)."""
     with open(path, newline="") as f:
-        return [{k: (int(v) if k == "step" else float(v)) for k, v in row.items()} for row in csv.DictReader(f)]
+        return [{k: (int(v) if k == "step" else float(v) if v != "" else math.nan) for k, v in row.items()}
+                for row in csv.DictReader(f)]
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -321,9 +329,25 @@ def run(args: argparse.Namespace) -> dict:
                  "seconds": elapsed, "args": dict(vars(args))}
         atomic_write(ckpt_path, lambda f: torch.save(state, f))
 
+    def lr_at(step):
+        """The learning rate of optimizer step `step` (0-based): linear warm-up, then the schedule."""
+        scale = min(1.0, (step + 1) / args.warmup) if args.warmup else 1.0
+        if args.lr_schedule == "cosine":
+            scale *= 0.5 * (1.0 + math.cos(math.pi * min(step, args.steps) / max(args.steps, 1)))
+        return args.lr * scale
+
+    # Training-side diagnostics of each evaluation interval: the largest gradient norm before clipping and the
+    # share of steps the clip cut (spikes in the learning curve show up here first).
+    interval = {"norm_max": 0.0, "clipped": 0, "steps": 0}
+
     def log_eval(step):
         metrics = evaluate(model, task, args, device)
-        rows.append({"step": step, "seconds": round(elapsed, 2), **{k: round(v, 5) for k, v in metrics.items()}})
+        row = {"step": step, "seconds": round(elapsed, 2), **{k: round(v, 5) for k, v in metrics.items()}}
+        if interval["steps"]:
+            row.update(grad_norm_max=round(interval["norm_max"], 5), clip_frac=round(interval["clipped"] / interval["steps"], 5),
+                       lr=lr_at(step - 1))
+            interval.update(norm_max=0.0, clipped=0, steps=0)
+        rows.append(row)
         _write_csv(rows, os.path.join(args.out, "metrics.csv"))
         checkpoint(step)
         return metrics
@@ -341,8 +365,12 @@ def run(args: argparse.Namespace) -> dict:
         loss = task.loss(train_model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        if args.clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
+        norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip or math.inf))  # the pre-clip norm
+        interval["norm_max"] = max(interval["norm_max"], norm)
+        interval["clipped"] += bool(args.clip and norm > args.clip)
+        interval["steps"] += 1
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step)
         opt.step()
         elapsed += time.perf_counter() - t0
         train_loss = loss.item()

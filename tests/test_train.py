@@ -272,3 +272,24 @@ def test_checkpoint_loads_with_weights_only(tmp_path):
     train.main(COMMON + ["--steps", "2", "--out", out])
     ckpt = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True)
     assert ckpt["step"] == 2 and set(ckpt["args"]) >= set(train.RESUME_MUST_MATCH)
+
+
+def test_learning_rate_schedule_and_gradient_diagnostics_are_logged(tmp_path, capsys):
+    """--warmup and --lr-schedule cosine set each step's learning rate; every evaluation row records the
+    interval's largest pre-clip gradient norm and the share of clipped steps."""
+    import math
+
+    out = str(tmp_path / "run")
+    train.main(COMMON + ["--steps", "8", "--lr", "0.01", "--warmup", "3", "--lr-schedule", "cosine", "--clip", "1e-9",
+                         "--out", out])
+    rows = _rows(out)
+    assert [int(r["step"]) for r in rows] == [2, 4, 6, 8]
+    for r in rows:
+        s = int(r["step"]) - 1  # the interval's last optimizer step
+        want = 0.01 * min(1.0, (s + 1) / 3) * 0.5 * (1 + math.cos(math.pi * s / 8))
+        assert float(r["lr"]) == pytest.approx(want, rel=1e-9)
+        assert float(r["grad_norm_max"]) > 0 and float(r["clip_frac"]) == 1.0  # a tiny clip cuts every step
+    with pytest.raises(SystemExit) as exc:  # the cosine decay depends on --steps: resuming with others is refused
+        train.main(COMMON + ["--steps", "10", "--lr", "0.01", "--warmup", "3", "--lr-schedule", "cosine",
+                             "--clip", "1e-9", "--out", out, "--resume"])
+    assert exc.value.code == 2 and "--steps" in capsys.readouterr().err
