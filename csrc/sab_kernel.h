@@ -22,6 +22,7 @@ struct ForwardArgs {
   const int64_t* lengths;  // (B,) in [0, T]
   int64_t B, T, D, H, k_top, k;  // k = min(k_top, T)
   int64_t cap;                   // min(k_top + 1, T): the running top list of one row
+  double eps;                    // the sparsifier's epsilon: a = relu(s - tau) / (sum + eps)
   // Outputs.
   void* summary;       // (B, H) storage dtype
   void* weights;       // (B, k) storage dtype
@@ -39,6 +40,7 @@ struct BackwardArgs {
   const int64_t* indices;    // (B, k)
   const int64_t* threshold;  // (B,)
   int64_t B, T, D, H, k;
+  double eps;
   void* grad_query;       // (B, D) storage dtype
   void* grad_keys;        // (B, T, D) storage dtype, written in full (zeros + touched rows)
   void* grad_values;      // (B, T, H) storage dtype, written in full

@@ -9,7 +9,7 @@
 //   float16/bfloat16 storage, else the storage dtype);
 //   the top min(k_top + 1, n) slots by (score descending, NaN first, lower index first) are kept in a sorted
 //   list while the slots stream past (no (T,) or (T, D) temporary);
-//   n > k_top: tau = the (k_top+1)-th score, a_j = relu(s_j - tau) / (sum + 1e-7);
+//   n > k_top: tau = the (k_top+1)-th score, a_j = relu(s_j - tau) / (sum + eps) (eps = 1e-7, the paper's, by default);
 //   1 <= n <= k_top: a = softmax over the n slots; n = 0: nothing selected.
 // The backward recomputes the scores of the selected and threshold rows with the same function as the
 // forward (so the same bits), and writes gradient into those rows only.
@@ -151,12 +151,12 @@ inline acc_t relu(acc_t x) {
 
 // A buffer of N elements on the stack, or on the heap when more are asked for (huge k_top).
 // The weights of one row from its kept scores s[0 .. used), in descending order (NaN first):
-//   sparse (n > k_top): r_j = relu(s_j - tau) with tau = s[used], a_j = r_j / (sum r + 1e-7); returns the divisor;
+//   sparse (n > k_top): r_j = relu(s_j - tau) with tau = s[used], a_j = r_j / (sum r + eps); returns the divisor;
 //   otherwise (1 <= n <= k_top): softmax, a_j = exp(s_j - s_0) / sum; returns 1.
 // Forward and backward both call this, so the backward recomputes the forward's weights bit for bit.
 // r and a may alias s (the forward works in place).
 template <typename acc_t>
-inline acc_t row_weights(const acc_t* s, int64_t used, bool sparse, acc_t* r, acc_t* a) {
+inline acc_t row_weights(const acc_t* s, int64_t used, bool sparse, acc_t* r, acc_t* a, double eps) {
   if (used <= 0) {
     return acc_t(1);
   }
@@ -167,7 +167,7 @@ inline acc_t row_weights(const acc_t* s, int64_t used, bool sparse, acc_t* r, ac
       r[j] = relu(s[j] - tau);
       sum += r[j];
     }
-    const acc_t z = sum + static_cast<acc_t>(1e-7);
+    const acc_t z = sum + static_cast<acc_t>(eps);
     for (int64_t j = 0; j < used; ++j) {
       a[j] = r[j] / z;
     }
@@ -287,7 +287,7 @@ void finish_row(const ForwardArgs& a, int64_t b, acc_type<scalar_t>* ts, const i
   const int64_t n = a.lengths[b], k = a.k, k_top = a.k_top, H = a.H;
   const int64_t used = std::min(k_top, n);
   const int64_t threshold = n > k_top ? ti[k_top] : -1;
-  row_weights(ts, used, n > k_top, ts, ts);  // in place: ts[k_top] is tau when n > k_top
+  row_weights(ts, used, n > k_top, ts, ts, a.eps);  // in place: ts[k_top] is tau when n > k_top
   a.threshold[b] = threshold;
   scalar_t* wout = static_cast<scalar_t*>(a.weights) + b * k;
   int64_t* iout = a.indices + b * k;
@@ -412,7 +412,7 @@ void backward_rows(const BackwardArgs& a, int64_t b0, int64_t b1) {
     }
 
     // Recompute the weights exactly as the forward does (the same function).
-    const acc_t z = row_weights(sv, used, sparse, rl, av);
+    const acc_t z = row_weights(sv, used, sparse, rl, av, a.eps);
 
     // dL/da_j = grad_weights_j + <values[idx_j], grad_summary>, and the centred gradient.
     acc_t dot_ag = 0;

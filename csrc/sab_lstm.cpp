@@ -129,7 +129,7 @@ std::vector<at::Tensor> forward_typed(const at::Tensor& x, const at::Tensor& h0,
                                       const at::Tensor& memory, const at::Tensor& w_ih, const at::Tensor& w_hh,
                                       const at::Tensor& bias, const at::Tensor& wq, const at::Tensor& bq,
                                       const at::Tensor& wm, const at::Tensor& w, int64_t k_top, int64_t k_att,
-                                      int64_t k_trunc, int64_t step0) {
+                                      int64_t k_trunc, int64_t step0, double eps) {
   (void)k_trunc;  // truncation only shapes the backward
   const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = h0.size(1);
   const bool mem = k_top > 0;
@@ -214,6 +214,7 @@ std::vector<at::Tensor> forward_typed(const at::Tensor& x, const at::Tensor& h0,
       a.k_top = k;  // k_top >= S behaves as k_top = S: every row n <= S is in the softmax regime
       a.k = k;
       a.cap = std::min(k, S - 1) + 1;
+      a.eps = eps;
       a.summary = sum;
       a.weights = W.data_ptr<scalar_t>() + t * B * k;
       a.indices = IDX.data_ptr<int64_t>() + t * B * k;
@@ -250,7 +251,7 @@ template <typename scalar_t>
 std::vector<at::Tensor> backward_typed(const at::Tensor& grad_out, const at::Tensor& grad_h, const at::Tensor& grad_c,
                                        const at::Tensor& grad_memory, const std::vector<at::Tensor>& in,
                                        const std::vector<at::Tensor>& sv, int64_t k_top, int64_t k_trunc,
-                                       int64_t step0, bool need_grad_x) {
+                                       int64_t step0, bool need_grad_x, double eps) {
   const at::Tensor &x = in[0], &h0 = in[1], &c0 = in[2], &memory = in[3], &w_ih = in[4], &w_hh = in[5];
   const at::Tensor &wq = in[7], &wm = in[9], &w = in[10];
   const at::Tensor &VALUES = sv[0], &G = sv[1], &C = sv[2], &TC = sv[3], &HH = sv[4], &out = sv[5], &Q = sv[6];
@@ -383,6 +384,7 @@ std::vector<at::Tensor> backward_typed(const at::Tensor& grad_out, const at::Ten
       a.D = D;
       a.H = H;
       a.k = k;
+      a.eps = eps;
       a.grad_query = gqp;
       a.grad_keys = gkp;
       a.grad_values = gvp;
@@ -469,7 +471,7 @@ std::vector<at::Tensor> lstm_forward(const at::Tensor& x, const at::Tensor& h0, 
                                      const at::Tensor& weight_hh, const at::Tensor& bias,
                                      const at::Tensor& query_weight, const at::Tensor& query_bias,
                                      const at::Tensor& key_weight, const at::Tensor& score_weight, int64_t k_top,
-                                     int64_t k_att, int64_t k_trunc, int64_t step0) {
+                                     int64_t k_att, int64_t k_trunc, int64_t step0, double eps) {
   TORCH_CHECK(x.dim() == 3 && x.device().is_cpu() && x.is_contiguous(), "sab_kernels._C.lstm: x must be a "
               "contiguous CPU tensor (T, B, I), got ", x.sizes());
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
@@ -498,19 +500,19 @@ std::vector<at::Tensor> lstm_forward(const at::Tensor& x, const at::Tensor& h0, 
   }
   return AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "sab_lstm_forward", [&] {
     return forward_typed<scalar_t>(x, h0, c0, memory, weight_ih, weight_hh, bias, query_weight, query_bias,
-                                   key_weight, score_weight, k_top, k_att, k_trunc, step0);
+                                   key_weight, score_weight, k_top, k_att, k_trunc, step0, eps);
   });
 }
 
 std::vector<at::Tensor> lstm_backward(const at::Tensor& grad_out, const at::Tensor& grad_h, const at::Tensor& grad_c,
                                       const at::Tensor& grad_memory, const std::vector<at::Tensor>& inputs,
                                       const std::vector<at::Tensor>& saved, int64_t k_top, int64_t k_trunc,
-                                      int64_t step0, bool need_grad_x) {
+                                      int64_t step0, bool need_grad_x, double eps) {
   TORCH_CHECK(inputs.size() == 11 && saved.size() == 12, "sab_kernels._C.lstm_backward: expected 11 inputs and "
               "12 saved tensors, got ", inputs.size(), " and ", saved.size());
   return AT_DISPATCH_FLOATING_TYPES(inputs[0].scalar_type(), "sab_lstm_backward", [&] {
     return backward_typed<scalar_t>(grad_out, grad_h, grad_c, grad_memory, inputs, saved, k_top, k_trunc, step0,
-                                    need_grad_x);
+                                    need_grad_x, eps);
   });
 }
 

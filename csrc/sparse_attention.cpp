@@ -232,7 +232,7 @@ void parallel_rows(int64_t n, int64_t work_per_item, const F& f) {
 }
 
 std::vector<at::Tensor> forward(const at::Tensor& query, const at::Tensor& keys, const at::Tensor& values,
-                                const at::Tensor& score_weight, int64_t k_top, const at::Tensor& lengths) {
+                                const at::Tensor& score_weight, int64_t k_top, const at::Tensor& lengths, double eps) {
   const Shapes s = check_inputs(query, keys, values, score_weight, k_top, lengths);
   const auto opts = values.options();
   at::Tensor summary = at::empty({s.B, s.H}, opts);
@@ -259,6 +259,7 @@ std::vector<at::Tensor> forward(const at::Tensor& query, const at::Tensor& keys,
   a.k_top = s.k_top;
   a.k = s.k;
   a.cap = std::min(s.k_top, s.T - 1) + 1;  // min(k_top + 1, T) without overflow
+  a.eps = eps;
   a.summary = summary.data_ptr();
   a.weights = weights.data_ptr();
   a.indices = indices.data_ptr<int64_t>();
@@ -290,7 +291,8 @@ std::vector<at::Tensor> forward(const at::Tensor& query, const at::Tensor& keys,
 std::vector<at::Tensor> backward(const at::Tensor& grad_summary, const at::Tensor& grad_weights,
                                  const at::Tensor& query, const at::Tensor& keys, const at::Tensor& values,
                                  const at::Tensor& score_weight, int64_t k_top, const at::Tensor& lengths,
-                                 const at::Tensor& weights, const at::Tensor& indices, const at::Tensor& threshold) {
+                                 const at::Tensor& weights, const at::Tensor& indices, const at::Tensor& threshold,
+                                 double eps) {
   const Shapes s = check_inputs(query, keys, values, score_weight, k_top, lengths);
   const auto dtype = query.scalar_type();
   check_tensor(grad_summary, "grad_summary", 2, dtype);
@@ -346,6 +348,7 @@ std::vector<at::Tensor> backward(const at::Tensor& grad_summary, const at::Tenso
   a.D = s.D;
   a.H = s.H;
   a.k = s.k;
+  a.eps = eps;
   a.grad_query = grad_query.data_ptr();
   a.grad_keys = grad_keys.data_ptr();
   a.grad_values = grad_values.data_ptr();
@@ -435,12 +438,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &sab::forward, "forward(query, keys, values, score_weight, k_top, lengths) -> "
         "(summary, weights, indices, threshold)",
         py::arg("query"), py::arg("keys"), py::arg("values"), py::arg("score_weight"), py::arg("k_top"),
-        py::arg("lengths"), py::call_guard<py::gil_scoped_release>());
+        py::arg("lengths"), py::arg("eps") = 1e-7, py::call_guard<py::gil_scoped_release>());
   m.def("backward", &sab::backward, "backward(grad_summary, grad_weights, query, keys, values, score_weight, "
         "k_top, lengths, weights, indices, threshold) -> (grad_query, grad_keys, grad_values, grad_score_weight)",
         py::arg("grad_summary"), py::arg("grad_weights"), py::arg("query"), py::arg("keys"), py::arg("values"),
         py::arg("score_weight"), py::arg("k_top"), py::arg("lengths"), py::arg("weights"), py::arg("indices"),
-        py::arg("threshold"), py::call_guard<py::gil_scoped_release>());
+        py::arg("threshold"), py::arg("eps") = 1e-7, py::call_guard<py::gil_scoped_release>());
   m.def("lstm_forward", &sab::lstm_forward, "The whole SAB-LSTM sequence (see csrc/sab_lstm.cpp).",
         py::call_guard<py::gil_scoped_release>());
   m.def("lstm_backward", &sab::lstm_backward, "The SAB-LSTM sequence's reverse sweep (see csrc/sab_lstm.cpp).",

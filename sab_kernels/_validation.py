@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -29,7 +30,16 @@ def _require_tensor(name: str, t, rank: int, expected: str) -> None:
         raise ValueError(f"{name} must have shape {expected} ({rank}-D), got {_shape(t)}")
 
 
-def check_inputs(query, keys, values, score_weight, k_top, lengths: Optional[torch.Tensor], backend: str) -> None:
+def check_eps(eps) -> None:
+    """The sparsifier's epsilon: a finite number > 0."""
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)):
+        raise TypeError(f"eps must be a float > 0, got {type(eps).__name__}")
+    if not (math.isfinite(eps) and eps > 0):
+        raise ValueError(f"eps must be a finite number > 0, got {eps}")
+
+
+def check_inputs(query, keys, values, score_weight, k_top, lengths: Optional[torch.Tensor], backend: str,
+                 eps: float = 1e-7) -> None:
     """Raise TypeError/ValueError naming the argument for any input outside SPEC section 1."""
     _require_tensor("query", query, 2, "(B, D)")
     _require_tensor("keys", keys, 3, "(B, T, D)")
@@ -64,6 +74,7 @@ def check_inputs(query, keys, values, score_weight, k_top, lengths: Optional[tor
             raise ValueError(f"lengths must have shape (B,) = ({B},), got {_shape(lengths)}")
         if lengths.device != query.device:
             raise ValueError(f"lengths is on {lengths.device} but query is on {query.device}")
+    check_eps(eps)
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
 

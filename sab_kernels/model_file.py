@@ -20,7 +20,7 @@ from torch import nn
 from ._io import atomic_write
 
 FORMAT, VERSION = "sab-kernels/model", 1
-BUILD_KEYS = ("kind", "input_size", "hidden_size", "output_size", "k_top", "k_att", "k_trunc", "attn_dim")
+BUILD_KEYS = ("kind", "input_size", "hidden_size", "output_size", "k_top", "k_att", "k_trunc", "attn_dim", "eps")
 TASK_KEYS = ("name", "seq_len", "input", "permute", "seed", "data")
 
 

@@ -15,14 +15,15 @@ from torch import Tensor
 
 from ._validation import check_inputs, check_lengths_values
 from .kernels import get_backend, resolve_backend
-from .reference import SparseAttentionOutput
+from .reference import EPS, SparseAttentionOutput
 
 
 def _prepare(tensors):
     return [t.contiguous() for t in tensors]
 
 
-def forward_impl(query, keys, values, score_weight, k_top: int, lengths: Tensor, backend: str = "auto", check_lengths: bool = True):
+def forward_impl(query, keys, values, score_weight, k_top: int, lengths: Tensor, backend: str = "auto", check_lengths: bool = True,
+                 eps: float = EPS):
     """Run a backend's forward on validated inputs: (summary, weights, indices, threshold).
 
     lengths (B,) int64 is required here (the public wrapper fills it in); `check_lengths=False` skips the
@@ -33,33 +34,35 @@ def forward_impl(query, keys, values, score_weight, k_top: int, lengths: Tensor,
     if check_lengths:
         check_lengths_values(lengths, T)
     if B == 0:
-        return _forward_fake(query, keys, values, score_weight, k_top, lengths, backend)
+        return _forward_fake(query, keys, values, score_weight, k_top, lengths, backend, eps)
     impl = get_backend(resolve_backend(backend, query.device))
     query, keys, values, score_weight, lengths = _prepare((query, keys, values, score_weight, lengths))
     # k_top >= T means every row is in the softmax regime (n <= T <= k_top), as with k_top = T; clamping
     # keeps kernels that size buffers by k_top (dense attention passes a huge k_top) small.
-    return tuple(impl.forward(query, keys, values, score_weight, min(k_top, T), lengths))
+    return tuple(impl.forward(query, keys, values, score_weight, min(k_top, T), lengths, eps))
 
 
-def backward_impl(grad_summary, grad_weights, query, keys, values, score_weight, k_top: int, lengths, weights, indices, threshold, backend: str = "auto"):
+def backward_impl(grad_summary, grad_weights, query, keys, values, score_weight, k_top: int, lengths, weights, indices, threshold,
+                  backend: str = "auto", eps: float = EPS):
     """Run a backend's sparse backward: (grad_query, grad_keys, grad_values, grad_score_weight)."""
     if keys.shape[0] == 0:
         # Not the fake's empty tensors: grad_score_weight has D entries even when B = 0, and they must be 0.
         return tuple(torch.zeros_like(t, memory_format=torch.contiguous_format) for t in (query, keys, values, score_weight))
     impl = get_backend(resolve_backend(backend, query.device))
     args = _prepare((grad_summary, grad_weights, query, keys, values, score_weight))
-    return tuple(impl.backward(*args, min(k_top, keys.shape[1]), *_prepare((lengths, weights, indices, threshold))))
+    return tuple(impl.backward(*args, min(k_top, keys.shape[1]), *_prepare((lengths, weights, indices, threshold)), eps))
 
 
 @torch.library.custom_op("sab::sparse_attention_forward", mutates_args=())
 def _forward_op(
-    query: Tensor, keys: Tensor, values: Tensor, score_weight: Tensor, k_top: int, lengths: Tensor, backend: str
+    query: Tensor, keys: Tensor, values: Tensor, score_weight: Tensor, k_top: int, lengths: Tensor, backend: str,
+    eps: float = EPS,
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    return forward_impl(query, keys, values, score_weight, k_top, lengths, backend)
+    return forward_impl(query, keys, values, score_weight, k_top, lengths, backend, eps=eps)
 
 
 @_forward_op.register_fake
-def _forward_fake(query, keys, values, score_weight, k_top, lengths, backend):
+def _forward_fake(query, keys, values, score_weight, k_top, lengths, backend, eps=EPS):
     B, T, _ = keys.shape
     k = min(k_top, T)
     return (
@@ -84,12 +87,15 @@ def _backward_op(
     indices: Tensor,
     threshold: Tensor,
     backend: str,
+    eps: float = EPS,
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    return backward_impl(grad_summary, grad_weights, query, keys, values, score_weight, k_top, lengths, weights, indices, threshold, backend)
+    return backward_impl(grad_summary, grad_weights, query, keys, values, score_weight, k_top, lengths, weights, indices, threshold,
+                         backend, eps)
 
 
 @_backward_op.register_fake
-def _backward_fake(grad_summary, grad_weights, query, keys, values, score_weight, k_top, lengths, weights, indices, threshold, backend):
+def _backward_fake(grad_summary, grad_weights, query, keys, values, score_weight, k_top, lengths, weights, indices, threshold, backend,
+                   eps=EPS):
     return (
         torch.empty_like(query, memory_format=torch.contiguous_format),
         torch.empty_like(keys, memory_format=torch.contiguous_format),
@@ -99,10 +105,10 @@ def _backward_fake(grad_summary, grad_weights, query, keys, values, score_weight
 
 
 def _setup_context(ctx, inputs, output):
-    query, keys, values, score_weight, k_top, lengths, backend = inputs
+    query, keys, values, score_weight, k_top, lengths, backend, eps = inputs
     _, weights, indices, threshold = output
     ctx.save_for_backward(query, keys, values, score_weight, lengths, weights, indices, threshold)
-    ctx.k_top, ctx.backend = k_top, backend
+    ctx.k_top, ctx.backend, ctx.eps = k_top, backend, eps
 
 
 def _backward(ctx, grad_summary, grad_weights, _grad_indices, _grad_threshold):
@@ -113,8 +119,8 @@ def _backward(ctx, grad_summary, grad_weights, _grad_indices, _grad_threshold):
         grad_weights = torch.zeros_like(weights)
     args = (grad_summary, grad_weights, query, keys, values, score_weight, ctx.k_top, lengths, weights, indices, threshold)
     if torch.is_grad_enabled():  # create_graph=True: see _DIFFERENTIABLE_BACKWARD
-        return (*backward_impl(*args, _DIFFERENTIABLE_BACKWARD), None, None, None)
-    return (*_backward_op(*args, ctx.backend), None, None, None)
+        return (*backward_impl(*args, _DIFFERENTIABLE_BACKWARD, ctx.eps), None, None, None, None)
+    return (*_backward_op(*args, ctx.backend, ctx.eps), None, None, None, None)
 
 
 # The C++ and Triton backwards return plain tensors: under create_graph=True (autograd runs the backward with
@@ -135,10 +141,10 @@ class _EagerSparseAttention(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, query, keys, values, score_weight, k_top, lengths, backend, check_lengths):
-        summary, weights, indices, threshold = forward_impl(query, keys, values, score_weight, k_top, lengths, backend, check_lengths)
+    def forward(ctx, query, keys, values, score_weight, k_top, lengths, backend, check_lengths, eps):
+        summary, weights, indices, threshold = forward_impl(query, keys, values, score_weight, k_top, lengths, backend, check_lengths, eps)
         ctx.save_for_backward(query, keys, values, score_weight, lengths, weights, indices, threshold)
-        ctx.k_top, ctx.backend = k_top, backend
+        ctx.k_top, ctx.backend, ctx.eps = k_top, backend, eps
         ctx.mark_non_differentiable(indices, threshold)
         return summary, weights, indices, threshold
 
@@ -146,8 +152,9 @@ class _EagerSparseAttention(torch.autograd.Function):
     def backward(ctx, grad_summary, grad_weights, _grad_indices, _grad_threshold):
         query, keys, values, score_weight, lengths, weights, indices, threshold = ctx.saved_tensors
         backend = _DIFFERENTIABLE_BACKWARD if torch.is_grad_enabled() else ctx.backend  # create_graph=True
-        grads = backward_impl(grad_summary, grad_weights, query, keys, values, score_weight, ctx.k_top, lengths, weights, indices, threshold, backend)
-        return (*grads, None, None, None, None)
+        grads = backward_impl(grad_summary, grad_weights, query, keys, values, score_weight, ctx.k_top, lengths, weights, indices, threshold,
+                              backend, ctx.eps)
+        return (*grads, None, None, None, None, None)
 
 
 def sparse_attention(
@@ -159,11 +166,12 @@ def sparse_attention(
     *,
     lengths: Optional[Tensor] = None,
     backend: str = "auto",
+    eps: float = EPS,
 ) -> SparseAttentionOutput:
     """Sparse attention of one SAB step: score every memory slot, keep the top `k_top`, sum them.
 
     s_i = sum_d w_d * tanh(q_d + k_{i,d}). With n valid slots in a row:
-    n > k_top: tau = the (k_top+1)-th largest score; a_i = relu(s_i - tau) / (sum_j relu(s_j - tau) + 1e-7)
+    n > k_top: tau = the (k_top+1)-th largest score; a_i = relu(s_i - tau) / (sum_j relu(s_j - tau) + eps)
     for the k_top largest (ties to the lower index), 0 elsewhere. 1 <= n <= k_top: softmax over the n slots.
     n = 0: summary 0, weights 0, indices -1. A NaN score ranks above every number and makes its row NaN.
 
@@ -176,6 +184,9 @@ def sparse_attention(
         lengths: (B,) integer, optional: valid slots per row, in [0, T]; default all T.
         backend: "auto" (CUDA -> Triton; CPU -> C++ kernels, or the Triton interpreter when
             TRITON_INTERPRET=1), or one of "triton", "cpu", "reference".
+        eps: the sparsifier's epsilon (> 0). The default, 1e-7, is the paper's; the gradient of the weights
+            scales as 1 / (sum_j relu(s_j - tau) + eps), so when the kept scores nearly tie with tau a larger
+            eps bounds it (see bench/results/training/copy_T100_h128/README.md).
 
     Returns:
         SparseAttentionOutput(summary (B, H), weights (B, k), indices (B, k) int64), k = min(k_top, T),
@@ -191,7 +202,7 @@ def sparse_attention(
     (slower; equal to the kernels' gradients up to rounding). Not supported inside torch.compile (a
     PyTorch limitation of compiled backward graphs).
     """
-    check_inputs(query, keys, values, score_weight, k_top, lengths, backend)
+    check_inputs(query, keys, values, score_weight, k_top, lengths, backend, eps)
     B, T, _ = keys.shape
     user_lengths = lengths is not None
     if user_lengths:
@@ -199,9 +210,9 @@ def sparse_attention(
     else:
         lengths = torch.full((B,), T, dtype=torch.int64, device=keys.device)
     if torch.compiler.is_compiling():
-        summary, weights, indices, _ = _forward_op(query, keys, values, score_weight, k_top, lengths, backend)
+        summary, weights, indices, _ = _forward_op(query, keys, values, score_weight, k_top, lengths, backend, float(eps))
     else:
         summary, weights, indices, _ = _EagerSparseAttention.apply(
-            query, keys, values, score_weight, k_top, lengths, backend, user_lengths
+            query, keys, values, score_weight, k_top, lengths, backend, user_lengths, float(eps)
         )
     return SparseAttentionOutput(summary, weights, indices)

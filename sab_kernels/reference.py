@@ -11,7 +11,7 @@ from typing import NamedTuple, Optional
 
 import torch
 
-EPS = 1e-7
+EPS = 1e-7  # the paper's sparsifier epsilon; every entry point takes another as `eps`
 
 
 class SparseAttentionOutput(NamedTuple):
@@ -61,17 +61,19 @@ def sparse_attention_reference(
     score_weight: torch.Tensor,
     k_top: int,
     lengths: Optional[torch.Tensor] = None,
+    eps: float = EPS,
 ) -> SparseAttentionOutput:
     """Reference SAB sparse attention; see :func:`sab_kernels.sparse_attention` for the contract.
 
-    query (B, D), keys (B, T, D), values (B, T, H), score_weight (D,), lengths (B,) or None.
+    query (B, D), keys (B, T, D), values (B, T, H), score_weight (D,), lengths (B,) or None; eps > 0.
     Returns SparseAttentionOutput(summary (B, H), weights (B, k), indices (B, k)), k = min(k_top, T).
     """
-    summary, weights, indices, _ = reference_forward(query, keys, values, score_weight, k_top, lengths)
+    summary, weights, indices, _ = reference_forward(query, keys, values, score_weight, k_top, lengths, eps)
     return SparseAttentionOutput(summary, weights, indices)
 
 
-def reference_forward(query, keys, values, score_weight, k_top: int, lengths: Optional[torch.Tensor] = None):
+def reference_forward(query, keys, values, score_weight, k_top: int, lengths: Optional[torch.Tensor] = None,
+                      eps: float = EPS):
     """The reference with the threshold slot too: (summary, weights, indices, threshold).
 
     threshold (B,) int64 is the slot holding the (k_top+1)-th score (tau) for rows with n > k_top, else -1.
@@ -100,7 +102,7 @@ def reference_forward(query, keys, values, score_weight, k_top: int, lengths: Op
         threshold = torch.where(n > k_top, order[:, k_top : k_top + 1], -1)[:, 0]
         tau = scores.gather(1, order[:, k_top : k_top + 1])
         relu = torch.relu(top - tau)
-        sparse = relu / (relu.sum(1, keepdim=True) + EPS)
+        sparse = relu / (relu.sum(1, keepdim=True) + eps)
     else:
         threshold = torch.full((B,), -1, dtype=torch.int64, device=keys.device)
         sparse = torch.zeros_like(top)
@@ -119,7 +121,8 @@ def reference_forward(query, keys, values, score_weight, k_top: int, lengths: Op
     return summary.to(dtype), weights.to(dtype), indices, threshold
 
 
-def reference_backward(grad_summary, grad_weights, query, keys, values, score_weight, k_top: int, lengths, indices, threshold):
+def reference_backward(grad_summary, grad_weights, query, keys, values, score_weight, k_top: int, lengths, indices, threshold,
+                       eps: float = EPS):
     """The op's backward written out in PyTorch: what every kernel's backward computes.
 
     Tested against autograd through `sparse_attention_reference`. Recomputes the scores of the selected
@@ -144,7 +147,7 @@ def reference_backward(grad_summary, grad_weights, query, keys, values, score_we
 
     # Recompute the weights in the compute dtype, exactly as the forward does.
     relu = torch.relu(s_sel - tau)
-    z = relu.sum(1, keepdim=True) + EPS
+    z = relu.sum(1, keepdim=True) + eps
     # Rows with no valid slot give NaN here; they are masked to 0 below.
     dense = torch.softmax(torch.where(used, s_sel, torch.full_like(s_sel, float("-inf"))), 1)
     a = torch.where(sparse_row, relu / z, dense)

@@ -41,7 +41,7 @@ from .tasks import TASKS, copy_transfer, make_task
 
 # Settings that define the trained model and its data: a resumed run must use the checkpoint's values.
 RESUME_MUST_MATCH = ("task", "model", "seq_len", "k_top", "k_att", "k_trunc", "hidden", "attn_dim", "batch_size",
-                     "lr", "clip", "lr_schedule", "warmup", "seed", "input", "data", "no_permute", "eval_size")
+                     "lr", "clip", "lr_schedule", "warmup", "eps", "seed", "input", "data", "no_permute", "eval_size")
 OUTPUTS = ("checkpoint.pt", "metrics.csv", "final.json", "curve.png", "model.pt")
 BACKENDS = ("auto", "cpu", "triton", "reference")
 
@@ -64,6 +64,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
                    help="constant (the paper's), or cosine decay from --lr to 0 at --steps")
     p.add_argument("--warmup", type=int, default=0, help="linear learning-rate warm-up over this many steps")
+    p.add_argument("--eps", type=float, default=1e-7,
+                   help="the sparsifier's epsilon, a = relu(s - tau) / (sum + eps) (default 1e-7, the paper's)")
     p.add_argument("--steps", type=int, default=1000, help="total optimizer steps (a resumed run continues to it)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
@@ -140,6 +142,8 @@ def _check_numbers(args) -> None:
             raise ValueError(f"{name} must be >= {low}, got {value}")
     if not (math.isfinite(args.lr) and args.lr > 0):
         raise ValueError(f"--lr must be a finite number > 0, got {args.lr}")
+    if not (math.isfinite(args.eps) and args.eps > 0):
+        raise ValueError(f"--eps must be a finite number > 0, got {args.eps}")
     if not (math.isfinite(args.clip) and args.clip >= 0):
         raise ValueError(f"--clip must be a finite number >= 0 (0: off), got {args.clip}")
 
@@ -302,7 +306,7 @@ def run(args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)  # the same initial weights on every rank
     task = make_task(args.task, args.seq_len, args.input, args.data, not args.no_permute, args.seed)
     model = build_model(args.model, task.input_size, args.hidden, task.output_size, args.k_top, args.k_att,
-                        args.k_trunc or None, args.attn_dim, args.backend).to(device)
+                        args.k_trunc or None, args.attn_dim, args.backend, eps=args.eps).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     ckpt_path = os.path.join(args.out, "checkpoint.pt")
     start, rows, elapsed = 0, [], 0.0
@@ -401,7 +405,7 @@ def run(args: argparse.Namespace) -> dict:
         save_model(os.path.join(args.out, "model.pt"), model,
                    build=dict(kind=args.model, input_size=task.input_size, hidden_size=args.hidden,
                               output_size=task.output_size, k_top=args.k_top, k_att=args.k_att,
-                              k_trunc=args.k_trunc or None, attn_dim=args.attn_dim),
+                              k_trunc=args.k_trunc or None, attn_dim=args.attn_dim, eps=args.eps),
                    task=dict(name=args.task, seq_len=args.seq_len, input=args.input, permute=not args.no_permute,
                              seed=args.seed, data=args.data),
                    metrics=result, train_args=dict(vars(args)))

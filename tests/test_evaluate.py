@@ -13,7 +13,7 @@ from sab_kernels.model_file import load_model, save_model
 from sab_kernels.nn import build_model
 from sab_kernels.tasks import copy_transfer
 
-BUILD = dict(kind="sab", input_size=10, hidden_size=12, output_size=10, k_top=2, k_att=2, k_trunc=3, attn_dim=8)
+BUILD = dict(kind="sab", input_size=10, hidden_size=12, output_size=10, k_top=2, k_att=2, k_trunc=3, attn_dim=8, eps=1e-7)
 TASK = dict(name="copy", seq_len=6, input="onehot", permute=True, seed=0, data=None)
 
 

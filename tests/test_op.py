@@ -80,6 +80,7 @@ def test_opcheck(backend):
     q, k, v, w, L = make_inputs(Case(3, 9, 5, 4, 3, lengths="ragged"), torch.float64)
     leaves = [t.requires_grad_(True) for t in (q, k, v, w)]
     torch.library.opcheck(torch.ops.sab.sparse_attention_forward.default, (*leaves, 3, L.long(), backend))
+    torch.library.opcheck(torch.ops.sab.sparse_attention_forward.default, (*leaves, 3, L.long(), backend, 0.3))
 
 
 @pytest.mark.parametrize("backend", ["reference", "cpu"])

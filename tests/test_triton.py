@@ -368,19 +368,20 @@ for dt, k_top, D, H, fused, ones in [("bf16", 8, 128, 128, False, ()), ("fp32", 
            ("indices_ptr", "*i64"), ("threshold_ptr", "*i64")],
           ["T", "K_OUT", "CHUNK", "NUM_CHUNKS"],
           dict(D=D, H=H, ACC=ACC[dt], FP64=fp64, K_TOP=k_top, K_PAD=k_pad, BLOCK_T=max(16, 4096 // bd), BLOCK_D=bd,
-               BLOCK_H=min(triton.next_power_of_2(H), 128), FUSED=fused), ones)
+               BLOCK_H=min(triton.next_power_of_2(H), 128), FUSED=fused, EPS=1e-7), ones)
     build(K._fwd_merge_kernel,
           [("len_ptr", "*i64"), ("v_ptr", "*" + dt), ("cand_key_ptr", kd), ("cand_idx_ptr", "*i32"),
            ("summary_ptr", "*" + dt), ("weights_ptr", "*" + dt), ("indices_ptr", "*i64"), ("threshold_ptr", "*i64")],
           ["T", "K_OUT", "NUM_CHUNKS"],
-          dict(H=H, ACC=ACC[dt], FP64=fp64, K_TOP=k_top, K_PAD=k_pad, C_PAD=16, BLOCK_H=min(triton.next_power_of_2(H), 128)),
+          dict(H=H, ACC=ACC[dt], FP64=fp64, K_TOP=k_top, K_PAD=k_pad, C_PAD=16, BLOCK_H=min(triton.next_power_of_2(H), 128),
+               EPS=1e-7),
           tuple(o for o in ones if o != "NUM_CHUNKS"))
     build(K._bwd_kernel,
           [(n, "*" + dt) for n in ("gs_ptr", "gw_ptr", "q_ptr", "k_ptr", "v_ptr", "w_ptr")]
           + [("indices_ptr", "*i64"), ("threshold_ptr", "*i64")]
           + [(n, "*" + dt) for n in ("gq_ptr", "gk_ptr", "gv_ptr")] + [("gwp_ptr", "*fp64" if fp64 else "*fp32")],
           ["T", "K_OUT"],
-          dict(D=D, H=H, ACC=ACC[dt], K_PAD=k_pad, BLOCK_D=bd, BLOCK_H=min(triton.next_power_of_2(H), 128)),
+          dict(D=D, H=H, ACC=ACC[dt], K_PAD=k_pad, BLOCK_D=bd, BLOCK_H=min(triton.next_power_of_2(H), 128), EPS=1e-7),
           tuple(o for o in ones if o != "NUM_CHUNKS"))
 print("compiled")
 '''

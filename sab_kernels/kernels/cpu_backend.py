@@ -45,13 +45,16 @@ def _fallback():
     return reference_backend
 
 
-def forward(query, keys, values, score_weight, k_top, lengths):
+def forward(query, keys, values, score_weight, k_top, lengths, eps=reference_backend.EPS):
     if _C is None:
-        return _fallback().forward(query, keys, values, score_weight, k_top, lengths)
-    return tuple(_C.forward(query, keys, values, score_weight, k_top, lengths))
+        return _fallback().forward(query, keys, values, score_weight, k_top, lengths, eps)
+    return tuple(_C.forward(query, keys, values, score_weight, k_top, lengths, eps))
 
 
-def backward(grad_summary, grad_weights, query, keys, values, score_weight, k_top, lengths, weights, indices, threshold):
+def backward(grad_summary, grad_weights, query, keys, values, score_weight, k_top, lengths, weights, indices, threshold,
+             eps=reference_backend.EPS):
     if _C is None:
-        return _fallback().backward(grad_summary, grad_weights, query, keys, values, score_weight, k_top, lengths, weights, indices, threshold)
-    return tuple(_C.backward(grad_summary, grad_weights, query, keys, values, score_weight, k_top, lengths, weights, indices, threshold))
+        return _fallback().backward(grad_summary, grad_weights, query, keys, values, score_weight, k_top, lengths, weights,
+                                    indices, threshold, eps)
+    return tuple(_C.backward(grad_summary, grad_weights, query, keys, values, score_weight, k_top, lengths, weights,
+                             indices, threshold, eps))

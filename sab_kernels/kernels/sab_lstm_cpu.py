@@ -8,7 +8,8 @@ path (sab_kernels/nn) is its twin and the tests hold the two equal.
 x (T, B, I); h0, c0 (B, H); memory (B, n0, H) the slots before this call (n0 >= 1; the module passes h0 as
 the one slot of a new sequence); cell = (weight_ih (4H, I), weight_hh (4H, H), bias_ih (4H,), bias_hh (4H,));
 attention = (W_h (D, H), b (D,), W_m (D, H), w (D,)) or None when k_top = 0. step0 is the global index of the
-first step (the phase of truncation and slot writes when a sequence is processed in chunks). `stats`, a dict,
+first step (the phase of truncation and slot writes when a sequence is processed in chunks); eps is the
+sparsifier's epsilon (default the paper's 1e-7). `stats`, a dict,
 receives {"steps": T, "steps_visited": V} at backward: V counts the steps some gradient reached.
 """
 
@@ -20,6 +21,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from ..reference import EPS
 from .cpu_backend import _C
 
 DTYPES = (torch.float32, torch.float64)
@@ -44,29 +46,29 @@ def unsupported_reason(x: Tensor) -> Optional[str]:
 class _FusedSequence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, config, x, h0, c0, memory, w_ih, w_hh, b_ih, b_hh, wq, bq, wm, w):
-        k_top, k_att, k_trunc, step0, stats = config
+        k_top, k_att, k_trunc, step0, stats, eps = config
         ctx.set_materialize_grads(False)
         empty = x.new_empty(0)
         inputs = [t.contiguous() if t is not None else empty for t in (x, h0, c0, memory, w_ih, w_hh)]
         inputs.append((b_ih + b_hh).contiguous())
         inputs += [t.contiguous() if t is not None else empty for t in (wq, bq, wm, w)]
-        out, h_n, c_n, *saved = _C.lstm_forward(*inputs, k_top, k_att, k_trunc, step0)
+        out, h_n, c_n, *saved = _C.lstm_forward(*inputs, k_top, k_att, k_trunc, step0, eps)
         ctx.save_for_backward(*inputs, *saved)  # saved[5] is `out` itself
-        ctx.config = (k_top, k_trunc, step0, stats)
+        ctx.config = (k_top, k_trunc, step0, stats, eps)
         values = saved[0]  # the slot buffer (B, n, H) is also the memory passed on
         return out, h_n, c_n, values
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g_out, g_h, g_c, g_mem):
-        k_top, k_trunc, step0, stats = ctx.config
+        k_top, k_trunc, step0, stats, eps = ctx.config
         tensors = ctx.saved_tensors
         inputs, saved = list(tensors[:11]), list(tensors[11:])
         empty = inputs[0].new_empty(0)
         grads = [g.contiguous() if g is not None else empty for g in (g_out, g_h, g_c, g_mem)]
         with torch.autocast("cpu", enabled=False):
             gx, gh0, gc0, gmem, gwih, gwhh, gb, gwq, gbq, gwm, gw, visited = _C.lstm_backward(
-                *grads, inputs, saved, k_top, k_trunc, step0, ctx.needs_input_grad[1]
+                *grads, inputs, saved, k_top, k_trunc, step0, ctx.needs_input_grad[1], eps
             )
         if stats is not None:
             stats.update(steps=inputs[0].shape[0], steps_visited=int(visited))
@@ -86,6 +88,7 @@ def sequence(
     k_trunc: int,
     step0: int = 0,
     stats: Optional[dict] = None,
+    eps: float = EPS,
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """Run the whole sequence through the fused kernels (see the module docstring)."""
     reason = unsupported_reason(x)
@@ -96,5 +99,6 @@ def sequence(
     # the parameters' dtype (float32 or float64) and returns that dtype.
     with torch.autocast("cpu", enabled=False):
         return _FusedSequence.apply(
-            (int(k_top), int(k_att), int(k_trunc or 0), int(step0), stats), x, h0, c0, memory, *cell, *attention
+            (int(k_top), int(k_att), int(k_trunc or 0), int(step0), stats, float(eps)), x, h0, c0, memory, *cell,
+            *attention
         )

@@ -16,6 +16,7 @@ import triton
 import triton.language as tl
 
 from . import triton_interpreter_enabled
+from ..reference import EPS
 from .triton_kernels import _bwd_kernel, _fwd_chunk_kernel, _fwd_merge_kernel
 
 _MAX_CANDIDATES = 4096  # C_PAD * K_PAD of the merge stage
@@ -80,7 +81,7 @@ def forward_plan(B: int, T: int, D: int, k_top: int, interpreted: bool, device=N
     return block_t, block_d, chunk, triton.cdiv(T, chunk)
 
 
-def forward(query, keys, values, score_weight, k_top: int, lengths, *, block_t=None, chunk=None):
+def forward(query, keys, values, score_weight, k_top: int, lengths, eps: float = EPS, *, block_t=None, chunk=None):
     """Contract of `sab_kernels.kernels`: (summary (B, H), weights (B, k), indices (B, k), threshold (B,)).
 
     `block_t` / `chunk` (slots per tile / per program) override the plan; for tests of the chunked path.
@@ -119,19 +120,20 @@ def forward(query, keys, values, score_weight, k_top: int, lengths, *, block_t=N
             summary, weights, indices, threshold,
             T, k, chunk, num_chunks,
             D=D, H=H, ACC=acc, FP64=fp64, K_TOP=k_top, K_PAD=k_pad, BLOCK_T=block_t, BLOCK_D=block_d,
-            BLOCK_H=block_h, FUSED=fused, **warps,
+            BLOCK_H=block_h, FUSED=fused, EPS=eps, **warps,
         )
         if not fused:
             _fwd_merge_kernel[(B,)](
                 lengths, values, cand_key, cand_idx, summary, weights, indices, threshold,
                 T, k, num_chunks,
                 H=H, ACC=acc, FP64=fp64, K_TOP=k_top, K_PAD=k_pad, C_PAD=_pow2(num_chunks), BLOCK_H=block_h,
-                **warps,
+                EPS=eps, **warps,
             )
     return summary, weights, indices, threshold
 
 
-def backward(grad_summary, grad_weights, query, keys, values, score_weight, k_top: int, lengths, weights, indices, threshold):
+def backward(grad_summary, grad_weights, query, keys, values, score_weight, k_top: int, lengths, weights, indices, threshold,
+             eps: float = EPS):
     """Contract of `sab_kernels.kernels`: (grad_query, grad_keys, grad_values, grad_score_weight).
 
     One program per row; grad_keys / grad_values are zeros except the rows the kernel writes; the
@@ -160,7 +162,7 @@ def backward(grad_summary, grad_weights, query, keys, values, score_weight, k_to
             grad_summary, grad_weights, query, keys, values, score_weight, indices, threshold,
             grad_query, grad_keys, grad_values, grad_w_rows,
             T, k,
-            D=D, H=H, ACC=_acc(dtype), K_PAD=k_pad, BLOCK_D=block_d, BLOCK_H=block_h, **warps,
+            D=D, H=H, ACC=_acc(dtype), K_PAD=k_pad, BLOCK_D=block_d, BLOCK_H=block_h, EPS=eps, **warps,
         )
     return grad_query, grad_keys, grad_values, grad_w_rows.sum(0).to(dtype)
 

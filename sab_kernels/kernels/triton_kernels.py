@@ -35,7 +35,6 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-EPS: tl.constexpr = tl.constexpr(1e-7)  # as reference.EPS
 
 
 @triton.jit
@@ -199,7 +198,7 @@ def _scan_chunk(q_row, k_row, w_ptr, start, end, D: tl.constexpr, ACC: tl.conste
 @triton.jit
 def _finish_row(b, top_key, top_idx, n, T, k_out, v_ptr, summary_ptr, weights_ptr, indices_ptr, threshold_ptr,
                 H: tl.constexpr, ACC: tl.constexpr, FP64: tl.constexpr, K_TOP: tl.constexpr,
-                K_PAD: tl.constexpr, BLOCK_H: tl.constexpr):
+                K_PAD: tl.constexpr, BLOCK_H: tl.constexpr, EPS: tl.constexpr):
     """Weights, indices, threshold and summary of row b from its ordered top-(k_top+1) candidates."""
     KEY_MIN, KEY_MAX = _key_bounds(FP64)
     pos = tl.arange(0, K_PAD)
@@ -243,7 +242,7 @@ def _fwd_chunk_kernel(q_ptr, k_ptr, w_ptr, len_ptr, v_ptr, cand_key_ptr, cand_id
                       T, K_OUT, CHUNK, NUM_CHUNKS,
                       D: tl.constexpr, H: tl.constexpr, ACC: tl.constexpr, FP64: tl.constexpr,
                       K_TOP: tl.constexpr, K_PAD: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
-                      BLOCK_H: tl.constexpr, FUSED: tl.constexpr):
+                      BLOCK_H: tl.constexpr, FUSED: tl.constexpr, EPS: tl.constexpr):
     """Stage 1, one program per (row, chunk of CHUNK slots). FUSED (one chunk): also stage 2."""
     pid = tl.program_id(0)
     b = pid // NUM_CHUNKS
@@ -257,7 +256,7 @@ def _fwd_chunk_kernel(q_ptr, k_ptr, w_ptr, len_ptr, v_ptr, cand_key_ptr, cand_id
     if FUSED:
         top_key, top_idx = _sorted_top(run_key, run_idx, K_TOP + 1, K_PAD, FP64)
         _finish_row(b, top_key, top_idx, n, T, K_OUT, v_ptr, summary_ptr, weights_ptr, indices_ptr, threshold_ptr,
-                    H, ACC, FP64, K_TOP, K_PAD, BLOCK_H)
+                    H, ACC, FP64, K_TOP, K_PAD, BLOCK_H, EPS)
     else:
         pos = tl.arange(0, K_PAD)
         base = pid.to(tl.int64) * K_PAD
@@ -270,7 +269,7 @@ def _fwd_merge_kernel(len_ptr, v_ptr, cand_key_ptr, cand_idx_ptr,
                       summary_ptr, weights_ptr, indices_ptr, threshold_ptr,
                       T, K_OUT, NUM_CHUNKS,
                       H: tl.constexpr, ACC: tl.constexpr, FP64: tl.constexpr, K_TOP: tl.constexpr,
-                      K_PAD: tl.constexpr, C_PAD: tl.constexpr, BLOCK_H: tl.constexpr):
+                      K_PAD: tl.constexpr, C_PAD: tl.constexpr, BLOCK_H: tl.constexpr, EPS: tl.constexpr):
     """Stage 2, one program per row: merge the chunks' candidates, then weights and summary."""
     KEY_MIN, KEY_MAX = _key_bounds(FP64)
     b = tl.program_id(0)
@@ -283,7 +282,7 @@ def _fwd_merge_kernel(len_ptr, v_ptr, cand_key_ptr, cand_idx_ptr,
     idx = tl.load(cand_idx_ptr + base + offs, mask=cmask, other=-1)
     top_key, top_idx = _sorted_top(key, idx, K_TOP + 1, K_PAD, FP64)
     _finish_row(b, top_key, top_idx, n, T, K_OUT, v_ptr, summary_ptr, weights_ptr, indices_ptr, threshold_ptr,
-                H, ACC, FP64, K_TOP, K_PAD, BLOCK_H)
+                H, ACC, FP64, K_TOP, K_PAD, BLOCK_H, EPS)
 
 
 @triton.jit
@@ -291,7 +290,7 @@ def _bwd_kernel(gs_ptr, gw_ptr, q_ptr, k_ptr, v_ptr, w_ptr, indices_ptr, thresho
                 gq_ptr, gk_ptr, gv_ptr, gwp_ptr,
                 T, K_OUT,
                 D: tl.constexpr, H: tl.constexpr, ACC: tl.constexpr, K_PAD: tl.constexpr,
-                BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr):
+                BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr, EPS: tl.constexpr):
     """One program per row: `reference_backward` on the k = K_OUT selected rows and the threshold row.
 
     Entry j < K_OUT is selected slot j, entry K_OUT the threshold slot. Only live entries (a selected slot, or

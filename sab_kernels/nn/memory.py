@@ -38,7 +38,9 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+from sab_kernels._validation import check_eps
 from sab_kernels.op import backward_impl, forward_impl
+from sab_kernels.reference import EPS
 
 
 class Attention(NamedTuple):
@@ -50,10 +52,10 @@ class Attention(NamedTuple):
     threshold: Tensor
 
 
-def _op_forward(query, keys, values, score_weight, n: int, k_top: int, backend: str):
+def _op_forward(query, keys, values, score_weight, n: int, k_top: int, backend: str, eps: float):
     """The op over the first n slots of the whole buffers (every row has n valid slots)."""
     lengths = torch.full((query.shape[0],), n, dtype=torch.int64, device=query.device)
-    return forward_impl(query, keys, values, score_weight, k_top, lengths, backend, check_lengths=False)
+    return forward_impl(query, keys, values, score_weight, k_top, lengths, backend, check_lengths=False, eps=eps)
 
 
 class _Mailbox:
@@ -163,16 +165,17 @@ class _Export(torch.autograd.Function):
 class _Attend(torch.autograd.Function):
     """summary = op(query, keys[:, :n], values[:, :n], w); slot gradients go to the mailbox.
 
-    Inputs: (mailbox, keys, values, n, k_top, backend, query (B, D), score_weight (D,), key_weight W_m (D, H),
+    Inputs: (mailbox, keys, values, n, k_top, backend, eps, query (B, D), score_weight (D,), key_weight W_m (D, H),
     token_n). keys/values are the whole buffers at this step (rows below n never change afterwards);
     token_n orders this node's backward before that of every _Write of a slot below n.
     """
 
     @staticmethod
-    def forward(ctx, mailbox, keys, values, n, k_top, backend, query, score_weight, key_weight, token):
-        summary, weights, indices, threshold = _op_forward(query, keys, values, score_weight, n, k_top, backend)
+    def forward(ctx, mailbox, keys, values, n, k_top, backend, eps, query, score_weight, key_weight, token):
+        summary, weights, indices, threshold = _op_forward(query, keys, values, score_weight, n, k_top, backend, eps)
         ctx.save_for_backward(query, score_weight, key_weight, weights, indices, threshold)
         ctx.mailbox, ctx.keys, ctx.values, ctx.n, ctx.k_top, ctx.backend = mailbox, keys, values, n, k_top, backend
+        ctx.eps = eps
         ctx.mark_non_differentiable(indices, threshold)
         ctx.set_materialize_grads(False)
         return summary, weights, indices, threshold
@@ -210,7 +213,7 @@ class _Attend(torch.autograd.Function):
             thr_c = threshold  # all -1 (n <= k_top)
         g_query, g_k, g_v, g_w = backward_impl(
             grad_summary, grad_weights, query, k_c, v_c, score_weight, k_top, lengths_c,
-            weights, idx_c, thr_c, ctx.backend,
+            weights, idx_c, thr_c, ctx.backend, ctx.eps,
         )
         # Unused entries have exactly zero gradient (and go to a sink row below).
         g_key_weight = None
@@ -225,7 +228,7 @@ class _Attend(torch.autograd.Function):
         touched = mailbox.touched
         touched.update(rows.reshape(-1).tolist())
         touched.discard(-1)
-        return None, None, None, None, None, None, g_query, g_w, g_key_weight, None
+        return None, None, None, None, None, None, None, g_query, g_w, g_key_weight, None
 
 
 class MemoryState:
@@ -251,6 +254,7 @@ class SparseAttentiveMemory(nn.Module):
         attn_dim: D, hidden width of the scoring MLP.
         k_top: slots kept per attention (>= 1); a value >= the number of slots gives dense softmax attention.
         backend: op backend, "auto" | "triton" | "cpu" | "reference".
+        eps: the sparsifier's epsilon (default 1e-7, the paper's; see `sab_kernels.sparse_attention`).
 
     Parameters: query_proj (W_h, b): H -> D; key_proj (W_m, no bias): H -> D; score_weight (w): (D,).
 
@@ -259,13 +263,14 @@ class SparseAttentiveMemory(nn.Module):
     the next slot; `export(state)` -> the slots (B, n, H), for the next chunk of the sequence.
     """
 
-    def __init__(self, hidden_size: int, attn_dim: int, k_top: int, backend: str = "auto"):
+    def __init__(self, hidden_size: int, attn_dim: int, k_top: int, backend: str = "auto", eps: float = EPS):
         super().__init__()
         if isinstance(k_top, bool) or not isinstance(k_top, int):
             raise TypeError(f"k_top must be an int >= 1, got {type(k_top).__name__}")
         if k_top < 1:
             raise ValueError(f"k_top must be >= 1, got {k_top}")
-        self.hidden_size, self.attn_dim, self.k_top, self.backend = hidden_size, attn_dim, k_top, backend
+        check_eps(eps)
+        self.hidden_size, self.attn_dim, self.k_top, self.backend, self.eps = hidden_size, attn_dim, k_top, backend, float(eps)
         self.query_proj = nn.Linear(hidden_size, attn_dim, bias=True)
         self.key_proj = nn.Linear(hidden_size, attn_dim, bias=False)
         self.score_weight = nn.Parameter(torch.empty(attn_dim))
@@ -332,12 +337,13 @@ class SparseAttentiveMemory(nn.Module):
         # The whole preallocated buffer goes to the op with lengths = n: contiguous, so nothing is copied, and
         # the kernels read only slots below n. Later writes land at rows >= n, which this step never reads.
         if not torch.is_grad_enabled():
-            out = _op_forward(query, state.keys, state.values, self.score_weight.to(query.dtype), n, self.k_top, self.backend)
+            out = _op_forward(query, state.keys, state.values, self.score_weight.to(query.dtype), n, self.k_top, self.backend,
+                              self.eps)
         else:
             if state.token is None:  # every slot was written without autograd: start the chain here
                 state.token = query.new_zeros(()).requires_grad_(True)
             out = _Attend.apply(
-                state.mailbox, state.keys, state.values, n, self.k_top, self.backend,
+                state.mailbox, state.keys, state.values, n, self.k_top, self.backend, self.eps,
                 query, self.score_weight.to(query.dtype), self.key_proj.weight.to(query.dtype), state.token,
             )
         return Attention(*out)
@@ -349,4 +355,5 @@ class SparseAttentiveMemory(nn.Module):
         return _Export.apply(state.mailbox, state.values, state.n, state.token)
 
     def extra_repr(self) -> str:
-        return f"hidden_size={self.hidden_size}, attn_dim={self.attn_dim}, k_top={self.k_top}, backend={self.backend!r}"
+        return (f"hidden_size={self.hidden_size}, attn_dim={self.attn_dim}, k_top={self.k_top}, backend={self.backend!r}"
+                + (f", eps={self.eps:g}" if self.eps != EPS else ""))

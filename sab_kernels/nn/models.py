@@ -15,6 +15,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from ..reference import EPS
 from .sab_lstm import SABLSTM
 
 MODEL_KINDS = ("sab", "tbptt", "bptt", "dense", "lstm")
@@ -43,20 +44,22 @@ def build_model(
     k_trunc: Optional[int] = 5,
     attn_dim: Optional[int] = None,
     backend: str = "auto",
+    eps: float = EPS,
 ) -> SequenceModel:
-    """A SequenceModel of the given kind (see the module docstring); batch-first in and out."""
+    """A SequenceModel of the given kind (see the module docstring); batch-first in and out. eps: the
+    sparsifier's epsilon of the models with memory (sab, dense)."""
     if kind == "lstm":
         return SequenceModel(nn.LSTM(input_size, hidden_size, batch_first=True), hidden_size, output_size)
     if kind == "sab":
         if not k_top or k_top < 1:
             raise ValueError(f"model 'sab' needs k_top >= 1, got {k_top}")
-        core = SABLSTM(input_size, hidden_size, k_top, k_att, k_trunc, attn_dim, True, backend)
+        core = SABLSTM(input_size, hidden_size, k_top, k_att, k_trunc, attn_dim, True, backend, eps=eps)
     elif kind == "tbptt":
-        core = SABLSTM(input_size, hidden_size, 0, k_att, k_trunc, attn_dim, True, backend)
+        core = SABLSTM(input_size, hidden_size, 0, k_att, k_trunc, attn_dim, True, backend, eps=eps)
     elif kind == "bptt":
-        core = SABLSTM(input_size, hidden_size, 0, k_att, None, attn_dim, True, backend)
+        core = SABLSTM(input_size, hidden_size, 0, k_att, None, attn_dim, True, backend, eps=eps)
     elif kind == "dense":
-        core = SABLSTM(input_size, hidden_size, None, k_att, k_trunc, attn_dim, True, backend)
+        core = SABLSTM(input_size, hidden_size, None, k_att, k_trunc, attn_dim, True, backend, eps=eps)
     else:
         raise ValueError(f"unknown model kind {kind!r}; choose one of {MODEL_KINDS}")
     return SequenceModel(core, core.output_size, output_size)

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from ..kernels import resolve_backend
 from ..kernels import sab_lstm_cpu
+from ..reference import EPS
 from .memory import SparseAttentiveMemory
 
 PATHS = ("auto", "fused", "step")
@@ -79,6 +80,7 @@ class SABLSTM(nn.Module):
         attn_dim: D, width of the scoring MLP (default H).
         batch_first: input (B, T, I) and output (B, T, 2H) instead of (T, B, ...).
         backend: sparse-attention backend of the per-step path ("auto", "cpu", "triton", "reference").
+        eps: the sparsifier's epsilon (default 1e-7, the paper's; see `sab_kernels.sparse_attention`).
         path: "auto" (the fused C++ sequence for CPU float32/float64 tensors when the extension is built and
             the backend resolves to "cpu"; the per-step path otherwise), "fused" (require it), "step".
 
@@ -107,6 +109,7 @@ class SABLSTM(nn.Module):
         batch_first: bool = False,
         backend: str = "auto",
         path: str = "auto",
+        eps: float = EPS,
     ):
         super().__init__()
         _check_count("input_size", input_size, 1)
@@ -132,7 +135,7 @@ class SABLSTM(nn.Module):
         self.memory: Optional[SparseAttentiveMemory] = None
         if k_top != 0:
             # Dense: k_top larger than any memory ever holds (the op keeps min(k_top, n) slots).
-            self.memory = SparseAttentiveMemory(H, attn_dim or H, k_top if k_top is not None else 2**31 - 1, backend)
+            self.memory = SparseAttentiveMemory(H, attn_dim or H, k_top if k_top is not None else 2**31 - 1, backend, eps)
 
     @property
     def output_size(self) -> int:
@@ -210,6 +213,7 @@ class SABLSTM(nn.Module):
         out, h, c, values = sab_lstm_cpu.sequence(
             x, h, c, memory if memory is not None else empty, cell, attention,
             mem.k_top if mem is not None else 0, self.k_att, self.k_trunc or 0, step0,
+            eps=mem.eps if mem is not None else EPS,
         )
         return out, h, c, values if mem is not None else None
 
