@@ -42,9 +42,9 @@ WHEEL_CHECK := build/wheel-check
 wheel-check: install
 	rm -rf $(WHEEL_CHECK) && mkdir -p $(WHEEL_CHECK)
 	$(PY) -c "from setuptools import build_meta; build_meta.build_sdist('$(WHEEL_CHECK)')"
-	$(PY) -m tarfile -l $(WHEEL_CHECK)/sab_kernels-*.tar.gz | grep -q 'csrc/sparse_attention.cpp'
+	$(PY) -m tarfile -l $(WHEEL_CHECK)/sab_kernels-*.tar.gz | grep 'csrc/sparse_attention.cpp' >/dev/null  # not -q: it would close the pipe early
 	$(PY) -m pip wheel -q --no-build-isolation --no-deps -w $(WHEEL_CHECK) $(WHEEL_CHECK)/sab_kernels-*.tar.gz
-	$(PY) -m zipfile -l $(WHEEL_CHECK)/sab_kernels-*.whl | grep -q 'sab_kernels/_C.*\.so'
+	$(PY) -m zipfile -l $(WHEEL_CHECK)/sab_kernels-*.whl | grep 'sab_kernels/_C.*\.so' >/dev/null
 	$(PYTHON) -m venv $(WHEEL_CHECK)/venv
 	$(WHEEL_CHECK)/venv/bin/python -m pip install -q "$(TORCH_SPEC)"
 	$(WHEEL_CHECK)/venv/bin/python -m pip install -q --no-deps $(WHEEL_CHECK)/sab_kernels-*.whl
