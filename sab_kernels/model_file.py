@@ -5,6 +5,9 @@
      "task": {name, seq_len, input, permute, seed},                                           # make_task's arguments
      "state_dict": {...}, "metrics": {...}, "train_args": {...}}   # the sab-train settings, when it wrote the file
 
+`python -m sab_kernels.model_file RUN_DIR` writes RUN_DIR/model.pt from the latest checkpoint of a `sab-train` run
+(sab-train writes it itself when a run reaches --steps).
+
 Only plain values (tensors, numbers, strings, lists, dicts): `load_model` reads it with
 `torch.load(..., weights_only=True)`, so a file from elsewhere cannot run code. Written atomically (a temporary
 file in the same folder, fsync, rename): a failed save leaves the previous file intact.
@@ -12,12 +15,15 @@ file in the same folder, fsync, rename): a failed save leaves the previous file 
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Any, Dict, Optional, Tuple
 
 import torch
 from torch import nn
 
 from ._io import atomic_write
+from .reference import EPS
 
 FORMAT, VERSION = "sab-kernels/model", 1
 BUILD_KEYS = ("kind", "input_size", "hidden_size", "output_size", "k_top", "k_att", "k_trunc", "attn_dim", "eps")
@@ -58,3 +64,35 @@ def load_model(path: str, device="cpu", backend: str = "auto") -> Tuple[nn.Modul
     model.load_state_dict(blob["state_dict"])
     model.to(device).eval()
     return model, {k: v for k, v in blob.items() if k != "state_dict"}
+
+
+def export_checkpoint(run_dir: str) -> str:
+    """Write run_dir/model.pt from run_dir/checkpoint.pt of a sab-train run; returns the path."""
+    from .nn import build_model
+    from .tasks import make_task
+    from .train import load_checkpoint
+
+    ckpt = load_checkpoint(os.path.join(run_dir, "checkpoint.pt"))
+    a = ckpt["args"]
+    task = make_task(a["task"], a["seq_len"], a["input"], a["data"], not a["no_permute"], a["seed"])
+    build = dict(kind=a["model"], input_size=task.input_size, hidden_size=a["hidden"], output_size=task.output_size,
+                 k_top=a["k_top"], k_att=a["k_att"], k_trunc=a["k_trunc"] or None, attn_dim=a["attn_dim"],
+                 eps=a.get("eps", EPS))
+    kwargs = {k: build[k] for k in ("k_top", "k_att", "k_trunc", "attn_dim", "eps")}
+    model = build_model(build["kind"], build["input_size"], build["hidden_size"], build["output_size"], backend="cpu",
+                        **kwargs)
+    model.load_state_dict(ckpt["model"])
+    path = os.path.join(run_dir, "model.pt")
+    task_info = dict(name=a["task"], seq_len=a["seq_len"], input=a["input"], permute=not a["no_permute"],
+                     seed=a["seed"], data=a["data"])
+    metrics = {**(ckpt["rows"][-1] if ckpt["rows"] else {}), "step": ckpt["step"]}
+    save_model(path, model, build, task_info, metrics=metrics, train_args=a)
+    return path
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2 or not os.path.isfile(os.path.join(sys.argv[1], "checkpoint.pt")):
+        print("usage: python -m sab_kernels.model_file RUN_DIR (a sab-train --out folder holding checkpoint.pt)",
+              file=sys.stderr)
+        sys.exit(2)
+    print("wrote", export_checkpoint(sys.argv[1]))

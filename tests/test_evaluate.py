@@ -101,6 +101,16 @@ def test_sab_train_writes_a_model_file_that_evaluates_to_its_final_metrics(tmp_p
     again = train.evaluate(model, make_task("copy", 5), args, "cpu")  # the run's own evaluation, re-done
     assert again["acc10"] == pytest.approx(final["acc10"], abs=1e-5)
 
+    # A model file exported from the run's checkpoint (a run stopped before --steps) is the same model.
+    from sab_kernels.model_file import export_checkpoint
+
+    os.replace(os.path.join(out, "model.pt"), str(tmp_path / "written_by_train.pt"))
+    exported, info2 = load_model(export_checkpoint(out), backend="cpu")
+    x = torch.randn(2, 26, 10)
+    with torch.no_grad():
+        assert torch.equal(exported(x), model(x))
+    assert info2["build"] == info["build"] and info2["task"] == info["task"] and info2["metrics"]["step"] == 3
+
 
 def test_evaluate_checks_its_arguments_first(tmp_path, capsys):
     _, path = _saved(tmp_path)
