@@ -82,8 +82,13 @@ def main(argv: Optional[List[str]] = None) -> int:
             return 2
         task = make_task(task_info["name"], task_info["seq_len"], task_info["input"], task_info["data"],
                          task_info["permute"], task_info["seed"])
-        results = {str(task_info["seq_len"]): evaluate_task(model, task, args.examples, args.batch_size, args.seed,
-                                                            args.device)}
+        if task_info.get("stateful"):  # the whole test split as streams, state carried (--examples unused)
+            from .tasks.chars import evaluate_streams
+
+            metrics = evaluate_streams(model, task, args.batch_size, task_info["memory_window"], args.device)
+        else:
+            metrics = evaluate_task(model, task, args.examples, args.batch_size, args.seed, args.device)
+        results = {str(task_info["seq_len"]): metrics}
     names = sorted({k for m in results.values() for k in m})
     print(f"{args.model}: {info['build']['kind']} on {task_info['name']} (trained at T={task_info['seq_len']}), "
           f"{args.examples} fresh examples per length, seed {args.seed}")

@@ -2,7 +2,7 @@
 
     {"format": "sab-kernels/model", "version": 1,
      "build": {kind, input_size, hidden_size, output_size, k_top, k_att, k_trunc, attn_dim},   # build_model's arguments
-     "task": {name, seq_len, input, permute, seed},                                           # make_task's arguments
+     "task": {name, seq_len, input, permute, seed, data, [stateful, memory_window]},          # make_task's arguments
      "state_dict": {...}, "metrics": {...}, "train_args": {...}}   # the sab-train settings, when it wrote the file
 
 `python -m sab_kernels.model_file RUN_DIR` writes RUN_DIR/model.pt from the latest checkpoint of a `sab-train` run
@@ -28,6 +28,7 @@ from .reference import EPS
 FORMAT, VERSION = "sab-kernels/model", 1
 BUILD_KEYS = ("kind", "input_size", "hidden_size", "output_size", "k_top", "k_att", "k_trunc", "attn_dim", "eps")
 TASK_KEYS = ("name", "seq_len", "input", "permute", "seed", "data")
+OPTIONAL_TASK_KEYS = ("stateful", "memory_window")  # chars models trained with --stateful are evaluated that way
 
 
 def save_model(path: str, model: nn.Module, build: Dict[str, Any], task: Dict[str, Any],
@@ -38,7 +39,7 @@ def save_model(path: str, model: nn.Module, build: Dict[str, Any], task: Dict[st
         raise ValueError(f"save_model: build/task lack {missing}")
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     blob = {"format": FORMAT, "version": VERSION, "build": {k: build[k] for k in BUILD_KEYS},
-            "task": {k: task[k] for k in TASK_KEYS}, "state_dict": state, "metrics": dict(metrics or {}),
+            "task": {k: task[k] for k in TASK_KEYS + OPTIONAL_TASK_KEYS if k in task}, "state_dict": state, "metrics": dict(metrics or {}),
             "train_args": dict(train_args or {})}
     atomic_write(path, lambda f: torch.save(blob, f))
 
@@ -84,7 +85,8 @@ def export_checkpoint(run_dir: str) -> str:
     model.load_state_dict(ckpt["model"])
     path = os.path.join(run_dir, "model.pt")
     task_info = dict(name=a["task"], seq_len=a["seq_len"], input=a["input"], permute=not a["no_permute"],
-                     seed=a["seed"], data=a["data"])
+                     seed=a["seed"], data=a["data"], stateful=a.get("stateful", False),
+                     memory_window=a.get("memory_window", 0))
     metrics = {**(ckpt["rows"][-1] if ckpt["rows"] else {}), "step": ckpt["step"]}
     save_model(path, model, build, task_info, metrics=metrics, train_args=a)
     return path

@@ -35,13 +35,16 @@ import torch
 from ._io import atomic_write
 from .kernels import triton_interpreter_enabled
 from .model_file import save_model
-from .nn import MODEL_KINDS, build_model
+from .nn import MODEL_KINDS, SABState, build_model
 from .tasks import TASKS, copy_transfer, make_task
+from .tasks.chars import evaluate_streams
+from .nn.models import carry_state
 
 
 # Settings that define the trained model and its data: a resumed run must use the checkpoint's values.
 RESUME_MUST_MATCH = ("task", "model", "seq_len", "k_top", "k_att", "k_trunc", "hidden", "attn_dim", "batch_size",
-                     "lr", "clip", "lr_schedule", "warmup", "eps", "seed", "input", "data", "no_permute", "eval_size")
+                     "lr", "clip", "lr_schedule", "warmup", "eps", "seed", "input", "data", "no_permute", "eval_size",
+                     "stateful", "memory_window")
 OUTPUTS = ("checkpoint.pt", "metrics.csv", "final.json", "curve.png", "model.pt")
 BACKENDS = ("auto", "cpu", "triton", "reference")
 
@@ -73,6 +76,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--input", choices=("onehot", "scalar"), default="onehot", help="copy: input encoding")
     p.add_argument("--data", default=None, help="mnist: folder of IDX files; chars: text file")
     p.add_argument("--no-permute", action="store_true", help="digits/mnist: keep the pixel order")
+    p.add_argument("--stateful", action="store_true",
+                   help="chars: read the text as --batch-size contiguous streams, chunk after chunk, carrying the "
+                        "state (and SAB's memory) across batches; evaluation walks the whole test split")
+    p.add_argument("--memory-window", type=int, default=256,
+                   help="--stateful: memory slots carried into the next chunk, the newest first (0: all)")
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--eval-size", type=int, default=512, help="examples per evaluation")
     p.add_argument("--transfer", default="", help="copy: comma-separated delays T to evaluate at the end")
@@ -132,7 +140,8 @@ def _check_numbers(args) -> None:
     at_least = [("--seq-len", args.seq_len, 1), ("--k-top", args.k_top, 1 if args.model == "sab" else 0),
                 ("--k-att", args.k_att, 1), ("--k-trunc", args.k_trunc, 0), ("--hidden", args.hidden, 1),
                 ("--batch-size", args.batch_size, 1), ("--steps", args.steps, 0), ("--eval-every", args.eval_every, 1),
-                ("--eval-size", args.eval_size, 1), ("--transfer-size", args.transfer_size, 1), ("--warmup", args.warmup, 0)]
+                ("--eval-size", args.eval_size, 1), ("--transfer-size", args.transfer_size, 1), ("--warmup", args.warmup, 0),
+                ("--memory-window", args.memory_window, 0)]
     if args.attn_dim is not None:
         at_least.append(("--attn-dim", args.attn_dim, 1))
     if args.threads is not None:
@@ -208,6 +217,10 @@ def check_args(args: argparse.Namespace) -> None:
     """Raise ValueError (one line) for the first bad argument; reads files, writes nothing."""
     _check_data(args)  # first: the input a long run would otherwise fail on only when it gets there
     _check_numbers(args)
+    if args.stateful and args.task != "chars":
+        raise ValueError(f"--stateful applies to the chars task only, not {args.task}")
+    if args.stateful and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError("--stateful runs in one process (its streams are split by batch, not by rank)")
     if args.transfer:
         if args.task != "copy":
             raise ValueError(f"--transfer applies to the copy task only, not {args.task}")
@@ -217,10 +230,30 @@ def check_args(args: argparse.Namespace) -> None:
     if args.backend == "triton" and device_type != "cuda" and not triton_interpreter_enabled():
         raise ValueError("--backend triton needs a CUDA device (or TRITON_INTERPRET=1 for the interpreter on CPU)")
     try:  # builds the task's data (seq-len limits, a text too short, missing IDX files)
-        make_task(args.task, args.seq_len, args.input, args.data, not args.no_permute, args.seed)
+        task = make_task(args.task, args.seq_len, args.input, args.data, not args.no_permute, args.seed)
+        if args.stateful:
+            task.streams(args.batch_size, "train"), task.streams(args.batch_size, "test")
     except (ValueError, OSError, ImportError) as exc:
         raise ValueError(f"{args.task}: {exc}") from None
     _check_out(args)
+
+
+def _pack_state(state) -> Optional[dict]:
+    """A carried state as plain tensors and ints (loads with weights_only=True); None stays None."""
+    if state is None:
+        return None
+    packed = {"h": state[0], "c": state[1]}
+    if isinstance(state, SABState):
+        packed.update(memory=state.memory, step=state.step)
+    return packed
+
+
+def _unpack_state(packed: Optional[dict]):
+    if packed is None:
+        return None
+    if "step" in packed:
+        return SABState(packed["h"], packed["c"], packed["memory"], packed["step"])
+    return packed["h"], packed["c"]
 
 
 def _setup_distributed(args):
@@ -247,6 +280,8 @@ def _batch_generator(seed: int, rank: int, step: int) -> torch.Generator:
 
 @torch.no_grad()
 def evaluate(model, task, args, device) -> Dict[str, float]:
+    if args.stateful:
+        return evaluate_streams(model, task, args.batch_size, args.memory_window, device)
     model.eval()
     sums, count = {}, 0
     for x, y in task.eval_batches(args.batch_size, args.eval_size, seed=10_000 + args.seed, device=device):
@@ -310,11 +345,13 @@ def run(args: argparse.Namespace) -> dict:
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     ckpt_path = os.path.join(args.out, "checkpoint.pt")
     start, rows, elapsed = 0, [], 0.0
+    carried = None  # --stateful: the state the last chunk handed on
     if args.resume and os.path.exists(ckpt_path):
         ckpt = load_checkpoint(ckpt_path, map_location=device)
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         start, rows, elapsed = ckpt["step"], ckpt["rows"], ckpt.get("seconds", 0.0)
+        carried = _unpack_state(ckpt.get("carried"))
     if main_proc:
         os.makedirs(args.out, exist_ok=True)
         if args.overwrite:  # the earlier run's files go now, so none of them is mistaken for this run's
@@ -330,7 +367,7 @@ def run(args: argparse.Namespace) -> dict:
     def checkpoint(step):
         # Plain values only (tensors, numbers, strings, lists, dicts), so it loads with weights_only=True.
         state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "rows": rows,
-                 "seconds": elapsed, "args": dict(vars(args))}
+                 "seconds": elapsed, "args": dict(vars(args)), "carried": _pack_state(carried)}
         atomic_write(ckpt_path, lambda f: torch.save(state, f))
 
     def lr_at(step):
@@ -342,15 +379,15 @@ def run(args: argparse.Namespace) -> dict:
 
     # Training-side diagnostics of each evaluation interval: the largest gradient norm before clipping and the
     # share of steps the clip cut (spikes in the learning curve show up here first).
-    interval = {"norm_max": 0.0, "clipped": 0, "steps": 0}
+    interval = {"norm_max": 0.0, "clipped": 0, "skipped": 0, "steps": 0}
 
     def log_eval(step):
         metrics = evaluate(model, task, args, device)
         row = {"step": step, "seconds": round(elapsed, 2), **{k: round(v, 5) for k, v in metrics.items()}}
         if interval["steps"]:
             row.update(grad_norm_max=round(interval["norm_max"], 5), clip_frac=round(interval["clipped"] / interval["steps"], 5),
-                       lr=lr_at(step - 1))
-            interval.update(norm_max=0.0, clipped=0, steps=0)
+                       lr=lr_at(step - 1), skipped=interval["skipped"])
+            interval.update(norm_max=0.0, clipped=0, skipped=0, steps=0)
         rows.append(row)
         _write_csv(rows, os.path.join(args.out, "metrics.csv"))
         checkpoint(step)
@@ -365,17 +402,27 @@ def run(args: argparse.Namespace) -> dict:
     train_loss = float("nan")
     for step in range(start, args.steps):
         t0 = time.perf_counter()
-        x, y = task.batch(args.batch_size, _batch_generator(args.seed, rank, step), "train", device)
-        loss = task.loss(train_model(x), y)
+        if args.stateful:  # the next chunk of every stream, from the state the previous chunk left
+            x, y, new_epoch = task.stream_batch(args.batch_size, step, device=device)
+            logits, carried = model.forward_chunk(x, None if new_epoch else carried)
+            carried = carry_state(carried, args.memory_window)
+        else:
+            x, y = task.batch(args.batch_size, _batch_generator(args.seed, rank, step), "train", device)
+            logits = train_model(x)
+        loss = task.loss(logits, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip or math.inf))  # the pre-clip norm
         interval["norm_max"] = max(interval["norm_max"], norm)
         interval["clipped"] += bool(args.clip and norm > args.clip)
         interval["steps"] += 1
+        # A norm that overflows float32 (its sum of squares past 3.4e38) would make clipping scale by 1/inf:
+        # 0 for finite entries, NaN for infinite ones, which Adam spreads to every weight. Skip that update.
+        interval["skipped"] += not math.isfinite(norm)
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
-        opt.step()
+        if math.isfinite(norm):
+            opt.step()
         elapsed += time.perf_counter() - t0
         train_loss = loss.item()
         if bar is not None:
@@ -407,7 +454,7 @@ def run(args: argparse.Namespace) -> dict:
                               output_size=task.output_size, k_top=args.k_top, k_att=args.k_att,
                               k_trunc=args.k_trunc or None, attn_dim=args.attn_dim, eps=args.eps),
                    task=dict(name=args.task, seq_len=args.seq_len, input=args.input, permute=not args.no_permute,
-                             seed=args.seed, data=args.data),
+                             seed=args.seed, data=args.data, stateful=args.stateful, memory_window=args.memory_window),
                    metrics=result, train_args=dict(vars(args)))
         atomic_write(os.path.join(args.out, "final.json"), lambda f: f.write(json.dumps(result, indent=1).encode("utf-8")))
     if world > 1:

@@ -297,3 +297,29 @@ def test_learning_rate_schedule_and_gradient_diagnostics_are_logged(tmp_path, ca
         train.main(COMMON + ["--steps", "10", "--lr", "0.01", "--warmup", "3", "--lr-schedule", "cosine",
                              "--clip", "1e-9", "--out", out, "--resume"])
     assert exc.value.code == 2 and "--steps" in capsys.readouterr().err
+
+
+def test_an_update_whose_gradient_norm_overflows_is_skipped(tmp_path, monkeypatch):
+    """A non-finite pre-clip norm would turn clipping into 0 * inf = NaN in the weights: that update is skipped and
+    counted in the row's `skipped`; the others step as usual."""
+    real_clip, real_step = torch.nn.utils.clip_grad_norm_, torch.optim.Adam.step
+    calls = {"clip": 0, "step": 0}
+
+    def clip(params, max_norm, *a, **k):
+        calls["clip"] += 1
+        norm = real_clip(params, max_norm, *a, **k)
+        return torch.tensor(float("inf")) if calls["clip"] == 3 else norm
+
+    def step(self, *a, **k):
+        calls["step"] += 1
+        return real_step(self, *a, **k)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", clip)
+    monkeypatch.setattr(torch.optim.Adam, "step", step)
+    out = str(tmp_path / "run")
+    train.main(COMMON + ["--steps", "4", "--out", out])
+    rows = _rows(out)
+    assert [int(float(r["skipped"])) for r in rows] == [0, 1]
+    assert calls == {"clip": 4, "step": 3}
+    ckpt = train.load_checkpoint(os.path.join(out, "checkpoint.pt"))
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values())

@@ -10,13 +10,13 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from ..reference import EPS
-from .sab_lstm import SABLSTM
+from .sab_lstm import SABLSTM, SABState
 
 MODEL_KINDS = ("sab", "tbptt", "bptt", "dense", "lstm")
 
@@ -32,6 +32,24 @@ class SequenceModel(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         out, _ = self.core(x)
         return self.head(out)
+
+    def forward_chunk(self, x: Tensor, hx=None) -> Tuple[Tensor, Any]:
+        """(logits (B, T, O), state): one chunk of a longer sequence. hx: the state the previous chunk returned
+        (None: a fresh sequence); SABLSTM returns a SABState (h, c, memory, step), nn.LSTM (h, c)."""
+        out, state = self.core(x, hx)
+        return self.head(out), state
+
+
+def carry_state(state, memory_window: int = 0):
+    """`state` cut from the graph, to carry into the next batch of stateful training (gradient stops between
+    chunks). memory_window > 0 keeps only the newest that many memory slots, so memory and attention cost stay
+    bounded over an endless stream; 0 keeps them all."""
+    if isinstance(state, SABState):
+        state = state.detach()
+        if memory_window and state.memory is not None and state.memory.shape[1] > memory_window:
+            state = SABState(state[0], state[1], state.memory[:, -memory_window:].contiguous(), state.step)
+        return state
+    return tuple(t.detach() for t in state)
 
 
 def build_model(

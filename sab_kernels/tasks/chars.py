@@ -1,16 +1,26 @@
-"""Character-level language modelling on a text file the user gives (PTB/text8-style), in bits per char.
+"""Character-level language modelling on a text file, in bits per character.
 
-The vocabulary is the file's sorted set of characters. The first 90% of the text is the training split,
-the rest the test split. A batch is B random windows of seq_len + 1 characters: x one-hot (B, T, V), y the
-next character at every step. Loss: cross-entropy over all steps; reported: bpc = ce / ln 2.
+The vocabulary is the file's sorted set of characters. The first 90% of the text is the training split, the
+rest the test split. Two ways to draw batches:
+
+- `batch`: B random windows of seq_len + 1 characters (x one-hot (B, T, V), y the next character at every step);
+  every window starts from a fresh state.
+- `stream_batch` (sab-train --stateful): the split is cut into B contiguous streams, as PTB language models are
+  trained; batch `step` is chunk `step mod n_chunks` of every stream, so the model carries its state (and SAB its
+  memory) from one chunk to the next, and gradient is cut between chunks. `evaluate_streams` walks the whole
+  test split that way.
+
+Loss: cross-entropy over all steps; reported: bpc = ce / ln 2.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Dict, Tuple
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from .base import Task
 
@@ -35,12 +45,38 @@ class CharsTask(Task):
             raise ValueError(f"{path} is too short ({len(data)} chars) for seq_len {seq_len}")
         self.train_data, self.test_data = data[:-n_test], data[-n_test:]
 
+    def _one_hot(self, ids: Tensor) -> Tensor:
+        return F.one_hot(ids, self.input_size).float()
+
     def batch(self, batch_size, generator, split="train", device="cpu"):
         data = self.train_data if split == "train" else self.test_data
         starts = torch.randint(0, len(data) - self.seq_len - 1, (batch_size,), generator=generator)
         windows = data[starts[:, None] + torch.arange(self.seq_len + 1)]
-        x = F.one_hot(windows[:, :-1], self.input_size).float()
-        return x.to(device), windows[:, 1:].to(device)
+        return self._one_hot(windows[:, :-1]).to(device), windows[:, 1:].to(device)
+
+    def streams(self, n_streams: int, split: str = "train") -> Tensor:
+        """The split cut into `n_streams` contiguous rows (n_streams, L); the tail that does not fit is dropped.
+        ValueError when a stream would be shorter than one chunk."""
+        data = self.train_data if split == "train" else self.test_data
+        L = len(data) // n_streams
+        if L < self.seq_len + 1:
+            raise ValueError(f"the {split} split ({len(data)} chars) is too short for {n_streams} streams of at "
+                             f"least seq_len + 1 = {self.seq_len + 1} chars")
+        return data[: n_streams * L].view(n_streams, L)
+
+    def n_chunks(self, n_streams: int, split: str = "train") -> int:
+        """Chunks of seq_len characters per stream (one epoch of stream_batch)."""
+        return (self.streams(n_streams, split).shape[1] - 1) // self.seq_len
+
+    def stream_batch(self, batch_size: int, step: int, rank: int = 0, world: int = 1,
+                     device="cpu") -> Tuple[Tensor, Tensor, bool]:
+        """(x (B, T, V), y (B, T), starts_epoch) of training step `step`: chunk `step mod n_chunks` of this
+        rank's B streams (of batch_size * world). starts_epoch: the chunk is the streams' first, so the carried
+        state must be reset."""
+        rows = self.streams(batch_size * world)[rank * batch_size:(rank + 1) * batch_size]
+        j = step % ((rows.shape[1] - 1) // self.seq_len)
+        window = rows[:, j * self.seq_len: (j + 1) * self.seq_len + 1]
+        return self._one_hot(window[:, :-1]).to(device), window[:, 1:].to(device), j == 0
 
     def loss(self, logits, y):
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1))
@@ -48,3 +84,29 @@ class CharsTask(Task):
     def metrics(self, logits, y):
         ce = self.loss(logits, y).item()
         return {"bpc": ce / math.log(2), "ce": ce}
+
+
+@torch.no_grad()
+def evaluate_streams(model, task: CharsTask, batch_size: int, memory_window: int, device="cpu",
+                     max_chunks: int = 0) -> Dict[str, float]:
+    """bpc and ce of `model` (a SequenceModel) over the test split read as `batch_size` streams, chunk by chunk,
+    with the state carried as in stateful training (`carry_state`). max_chunks > 0 stops early."""
+    from ..nn.models import carry_state
+
+    rows = task.streams(batch_size, "test")
+    n = (rows.shape[1] - 1) // task.seq_len
+    if max_chunks:
+        n = min(n, max_chunks)
+    was_training = model.training
+    model.eval()
+    state, total, count = None, 0.0, 0
+    for j in range(n):
+        window = rows[:, j * task.seq_len: (j + 1) * task.seq_len + 1]
+        logits, state = model.forward_chunk(task._one_hot(window[:, :-1]).to(device), state)
+        state = carry_state(state, memory_window)
+        y = window[:, 1:].to(device)
+        total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1), reduction="sum").item()
+        count += y.numel()
+    model.train(was_training)
+    ce = total / count
+    return {"bpc": ce / math.log(2), "ce": ce}
