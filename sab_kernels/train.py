@@ -43,7 +43,7 @@ from .nn.models import carry_state
 
 # Settings that define the trained model and its data: a resumed run must use the checkpoint's values.
 RESUME_MUST_MATCH = ("task", "model", "seq_len", "k_top", "k_att", "k_trunc", "hidden", "attn_dim", "batch_size",
-                     "lr", "clip", "lr_schedule", "warmup", "eps", "seed", "input", "data", "no_permute", "eval_size",
+                     "lr", "clip", "skip_norm", "lr_schedule", "warmup", "eps", "seed", "input", "data", "no_permute", "eval_size",
                      "stateful", "memory_window")
 OUTPUTS = ("checkpoint.pt", "metrics.csv", "final.json", "curve.png", "model.pt")
 BACKENDS = ("auto", "cpu", "triton", "reference")
@@ -64,6 +64,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64, help="per process")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--clip", type=float, default=1.0, help="gradient-norm clip (0: off)")
+    p.add_argument("--skip-norm", type=float, default=0.0,
+                   help="skip an update whose gradient norm before clipping exceeds this (0: never; the paper's "
+                        "protocol never skips). SAB's spikes are gradients compounded along replay hops: "
+                        "bench/results/training/spike_probe.py")
     p.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
                    help="constant (the paper's), or cosine decay from --lr to 0 at --steps")
     p.add_argument("--warmup", type=int, default=0, help="linear learning-rate warm-up over this many steps")
@@ -155,6 +159,8 @@ def _check_numbers(args) -> None:
         raise ValueError(f"--eps must be a finite number > 0, got {args.eps}")
     if not (math.isfinite(args.clip) and args.clip >= 0):
         raise ValueError(f"--clip must be a finite number >= 0 (0: off), got {args.clip}")
+    if not (math.isfinite(args.skip_norm) and args.skip_norm >= 0):
+        raise ValueError(f"--skip-norm must be a finite number >= 0 (0: never skip), got {args.skip_norm}")
 
 
 def _check_device(args) -> None:
@@ -417,11 +423,13 @@ def run(args: argparse.Namespace) -> dict:
         interval["clipped"] += bool(args.clip and norm > args.clip)
         interval["steps"] += 1
         # A norm that overflows float32 (its sum of squares past 3.4e38) would make clipping scale by 1/inf:
-        # 0 for finite entries, NaN for infinite ones, which Adam spreads to every weight. Skip that update.
-        interval["skipped"] += not math.isfinite(norm)
+        # 0 for finite entries, NaN for infinite ones, which Adam spreads to every weight. Skip that update, and,
+        # with --skip-norm, every update whose norm is past it.
+        take = math.isfinite(norm) and not (args.skip_norm and norm > args.skip_norm)
+        interval["skipped"] += not take
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
-        if math.isfinite(norm):
+        if take:
             opt.step()
         elapsed += time.perf_counter() - t0
         train_loss = loss.item()

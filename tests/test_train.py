@@ -142,6 +142,8 @@ BAD_ARGS = [
     pytest.param(["--threads", "0"], "--threads", id="threads-0"),
     pytest.param(["--eps", "0"], "--eps", id="eps-0"),
     pytest.param(["--eps", "nan"], "--eps", id="eps-nan"),
+    pytest.param(["--skip-norm", "-1"], "--skip-norm", id="skip-norm-negative"),
+    pytest.param(["--memory-window", "-2"], "--memory-window", id="memory-window-negative"),
     pytest.param(["--warmup", "-1"], "--warmup", id="warmup-negative"),
     pytest.param(["--lr-schedule", "step"], "--lr-schedule", id="lr-schedule-bogus"),
     pytest.param(["--device", "gpu7"], "--device", id="device-bogus"),
@@ -323,3 +325,19 @@ def test_an_update_whose_gradient_norm_overflows_is_skipped(tmp_path, monkeypatc
     assert calls == {"clip": 4, "step": 3}
     ckpt = train.load_checkpoint(os.path.join(out, "checkpoint.pt"))
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
+
+
+def test_skip_norm_skips_the_updates_past_it(tmp_path, monkeypatch):
+    """--skip-norm X: an update whose pre-clip norm exceeds X is not taken (and counted); 0 never skips."""
+    real_step = torch.optim.Adam.step
+    calls = {"step": 0}
+
+    def step(self, *a, **k):
+        calls["step"] += 1
+        return real_step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", step)
+    train.main(COMMON + ["--steps", "4", "--skip-norm", "1e-12", "--out", str(tmp_path / "all")])
+    assert calls["step"] == 0 and [int(float(r["skipped"])) for r in _rows(str(tmp_path / "all"))] == [2, 2]
+    train.main(COMMON + ["--steps", "4", "--skip-norm", "1e12", "--out", str(tmp_path / "none")])
+    assert calls["step"] == 4 and [int(float(r["skipped"])) for r in _rows(str(tmp_path / "none"))] == [0, 0]
