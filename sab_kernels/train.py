@@ -280,6 +280,26 @@ def _setup_distributed(args):
     return rank, world, device
 
 
+def clip_gradients(parameters, max_norm: float) -> float:
+    """Clip the gradients' total 2-norm to max_norm (0: off), exactly as torch.nn.utils.clip_grad_norm_ does, and
+    return the norm before clipping.
+
+    One difference: a norm past float32's range (a sum of squares over 3.4e38; SAB's replay hops reach it at copy
+    T = 200) is taken again in float64, so the clipped update still points along the gradient; clip_grad_norm_
+    would scale it by 1/inf, i.e. zero it. NaN or infinite entries give a non-finite norm and are left as they are.
+    """
+    params = [p for p in parameters if p.grad is not None]
+    grads = [p.grad for p in params]
+    if not grads:
+        return 0.0
+    norm = torch.nn.utils.get_total_norm(grads)
+    if torch.isinf(norm):
+        norm = torch.sqrt(sum((g.double() ** 2).sum() for g in grads))
+    if max_norm and torch.isfinite(norm):
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
+    return float(norm)
+
+
 def _batch_generator(seed: int, rank: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + rank * 7_919 + step) % (2**63))
 
@@ -418,13 +438,12 @@ def run(args: argparse.Namespace) -> dict:
         loss = task.loss(logits, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip or math.inf))  # the pre-clip norm
+        norm = clip_gradients(model.parameters(), args.clip)  # the pre-clip norm
         interval["norm_max"] = max(interval["norm_max"], norm)
         interval["clipped"] += bool(args.clip and norm > args.clip)
         interval["steps"] += 1
-        # A norm that overflows float32 (its sum of squares past 3.4e38) would make clipping scale by 1/inf:
-        # 0 for finite entries, NaN for infinite ones, which Adam spreads to every weight. Skip that update, and,
-        # with --skip-norm, every update whose norm is past it.
+        # A non-finite norm means NaN or infinite entries, which Adam would spread to every weight: skip that
+        # update, and, with --skip-norm, every update whose norm is past it.
         take = math.isfinite(norm) and not (args.skip_norm and norm > args.skip_norm)
         interval["skipped"] += not take
         for group in opt.param_groups:

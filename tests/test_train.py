@@ -3,6 +3,7 @@ processes under torchrun with DistributedDataParallel (gloo)."""
 
 import csv
 import json
+import math
 import os
 import subprocess
 import sys
@@ -301,22 +302,22 @@ def test_learning_rate_schedule_and_gradient_diagnostics_are_logged(tmp_path, ca
     assert exc.value.code == 2 and "--steps" in capsys.readouterr().err
 
 
-def test_an_update_whose_gradient_norm_overflows_is_skipped(tmp_path, monkeypatch):
-    """A non-finite pre-clip norm would turn clipping into 0 * inf = NaN in the weights: that update is skipped and
-    counted in the row's `skipped`; the others step as usual."""
-    real_clip, real_step = torch.nn.utils.clip_grad_norm_, torch.optim.Adam.step
+def test_an_update_with_a_non_finite_gradient_norm_is_skipped(tmp_path, monkeypatch):
+    """A non-finite norm (NaN or infinite gradient entries) would spread to every weight through Adam: that update
+    is skipped and counted in the row's `skipped`; the others step as usual."""
+    real_clip, real_step = train.clip_gradients, torch.optim.Adam.step
     calls = {"clip": 0, "step": 0}
 
-    def clip(params, max_norm, *a, **k):
+    def clip(params, max_norm):
         calls["clip"] += 1
-        norm = real_clip(params, max_norm, *a, **k)
-        return torch.tensor(float("inf")) if calls["clip"] == 3 else norm
+        norm = real_clip(params, max_norm)
+        return float("inf") if calls["clip"] == 3 else norm
 
     def step(self, *a, **k):
         calls["step"] += 1
         return real_step(self, *a, **k)
 
-    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", clip)
+    monkeypatch.setattr(train, "clip_gradients", clip)
     monkeypatch.setattr(torch.optim.Adam, "step", step)
     out = str(tmp_path / "run")
     train.main(COMMON + ["--steps", "4", "--out", out])
@@ -341,3 +342,26 @@ def test_skip_norm_skips_the_updates_past_it(tmp_path, monkeypatch):
     assert calls["step"] == 0 and [int(float(r["skipped"])) for r in _rows(str(tmp_path / "all"))] == [2, 2]
     train.main(COMMON + ["--steps", "4", "--skip-norm", "1e12", "--out", str(tmp_path / "none")])
     assert calls["step"] == 4 and [int(float(r["skipped"])) for r in _rows(str(tmp_path / "none"))] == [0, 0]
+
+
+def test_clip_gradients_matches_torch_and_survives_float32_overflow():
+    """clip_gradients is clip_grad_norm_ bit for bit on ordinary gradients; a gradient whose squares overflow
+    float32 is still clipped along its direction (clip_grad_norm_ zeroes it); NaN gives a NaN norm."""
+    torch.manual_seed(0)
+    a = [torch.nn.Parameter(torch.randn(5, 3)) for _ in range(3)]
+    b = [torch.nn.Parameter(p.detach().clone()) for p in a]
+    for pa, pb in zip(a, b):
+        pa.grad = torch.randn(5, 3) * 10
+        pb.grad = pa.grad.clone()
+    assert train.clip_gradients(a, 1.0) == float(torch.nn.utils.clip_grad_norm_(b, 1.0))
+    assert all(torch.equal(pa.grad, pb.grad) for pa, pb in zip(a, b))
+
+    p = torch.nn.Parameter(torch.zeros(4))
+    p.grad = torch.tensor([3e30, -4e30, 0.0, 0.0])
+    assert train.clip_gradients([p], 1.0) == pytest.approx(5e30, rel=1e-6)
+    torch.testing.assert_close(p.grad, torch.tensor([0.6, -0.8, 0.0, 0.0]))
+    p.grad = torch.tensor([3e30, -4e30, 0.0, 0.0])
+    assert train.clip_gradients([p], 0.0) == pytest.approx(5e30, rel=1e-6)  # 0: no clipping, the norm still reported
+    assert p.grad[0] == 3e30
+    p.grad = torch.tensor([1.0, float("nan"), 0.0, 0.0])
+    assert math.isnan(train.clip_gradients([p], 1.0)) and p.grad[0] == 1.0
