@@ -84,7 +84,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="chars: read the text as --batch-size contiguous streams, chunk after chunk, carrying the "
                         "state (and SAB's memory) across batches; evaluation walks the whole test split")
     p.add_argument("--memory-window", type=int, default=256,
-                   help="--stateful: memory slots carried into the next chunk, the newest first (0: all)")
+                   help="--stateful: memory slots carried into the next chunk: the first and the newest (0: all)")
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--eval-size", type=int, default=512, help="examples per evaluation")
     p.add_argument("--transfer", default="", help="copy: comma-separated delays T to evaluate at the end")

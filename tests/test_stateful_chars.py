@@ -69,7 +69,8 @@ def test_carry_state_cuts_the_graph_and_keeps_the_newest_slots():
     state = carry_state(SABState(h * 2, h * 3, memory * 1, step=11), 4)
     assert isinstance(state, SABState) and state.step == 11
     assert not any(t.requires_grad for t in (state.h, state.c, state.memory))
-    assert torch.equal(state.memory, memory.detach()[:, 2:])
+    assert torch.equal(state.memory, memory.detach()[:, [0, 3, 4, 5]])  # the first slot and the newest 3
+    assert torch.equal(carry_state(SABState(h, h, memory, 3), 1).memory, memory.detach()[:, :1])
     assert carry_state(SABState(h, h, memory, 3), 0).memory.shape == (2, 6, 4)  # 0 keeps every slot
     lstm = carry_state((h * 1, h * 1), 4)
     assert isinstance(lstm, tuple) and not lstm[0].requires_grad

@@ -42,12 +42,18 @@ class SequenceModel(nn.Module):
 
 def carry_state(state, memory_window: int = 0):
     """`state` cut from the graph, to carry into the next batch of stateful training (gradient stops between
-    chunks). memory_window > 0 keeps only the newest that many memory slots, so memory and attention cost stay
-    bounded over an endless stream; 0 keeps them all."""
+    chunks). memory_window > 0 bounds the memory to that many slots, so memory and attention cost stay bounded over
+    an endless stream: the first slot (the stream's initial state) and the newest memory_window - 1. 0 keeps all.
+
+    Why the first slot stays: a trained model uses it (zeros at a stream's start) as attention's "nothing" option,
+    which keeps the summary from adding up. Dropping it made h grow from 1.2 to 9 and c to 1,700 within 15 chunks
+    of Shakespeare (bench/results/training/chars_shakespeare/state_probe.py)."""
     if isinstance(state, SABState):
         state = state.detach()
-        if memory_window and state.memory is not None and state.memory.shape[1] > memory_window:
-            state = SABState(state[0], state[1], state.memory[:, -memory_window:].contiguous(), state.step)
+        mem = state.memory
+        if memory_window and mem is not None and mem.shape[1] > memory_window:
+            mem = torch.cat([mem[:, :1], mem[:, mem.shape[1] - memory_window + 1:]], dim=1)
+            state = SABState(state[0], state[1], mem, state.step)
         return state
     return tuple(t.detach() for t in state)
 
