@@ -23,6 +23,9 @@ GROUPS = {  # folder: (title, metric, higher is better, target)
     "copy_T300_h128": ("copy T=300", "acc10", True, 0.95),
     "adding_T200": ("adding T=200", "mse", False, None),
     "chars_shakespeare": ("chars, Shakespeare", "bpc", False, None),
+    "digits": ("permuted digits", "acc", True, None),  # seed 0
+    "digits_seed1": ("permuted digits", "acc", True, None),
+    "digits_seed2": ("permuted digits", "acc", True, None),
 }
 
 
@@ -52,18 +55,17 @@ def main():
     lines = ["| task | run | updates | latest | best | first update at target | core-hours |",
              "|---|---|---|---|---|---|---|"]
     found = list(runs())
-    groups = [g for g in GROUPS if any(f[0] == g for f in found)]
-    fig, axes = plt.subplots(1, len(groups), figsize=(4.6 * len(groups), 3.6), squeeze=False)
-    for ax, group in zip(axes[0], groups):
-        title, metric, higher, target = GROUPS[group]
-        for _, _, name, rows in (f for f in found if f[0] == group):
+    panels = list(dict.fromkeys(GROUPS[f[0]][0] for f in found))  # one panel per title, in GROUPS order
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.6), squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        for group, (title, metric, higher, target), name, rows in (f for f in found if f[1][0] == panel):
             values = [r[metric] for r in rows]
             best = max(values) if higher else min(values)
             reach = first_reach(rows, metric, higher, target)
             hours = rows[-1]["seconds"] / 3600
             lines.append(f"| {title} | `{group}/{name}` | {rows[-1]['step']:,} | {values[-1]:.4g} | {best:.4g} | "
                          f"{'' if target is None else (f'{reach:,}' if reach else 'not yet')} | {hours:.2f} |")
-            ax.plot([r["step"] for r in rows], values, label=name, lw=1.2)
+            ax.plot([r["step"] for r in rows], values, label=name if panel.startswith("copy") else f"{group}/{name}", lw=1.2)
         if target is not None:
             ax.axhline(target, color="grey", ls=":", lw=1)
         if metric == "mse":
