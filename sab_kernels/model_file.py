@@ -67,6 +67,18 @@ def load_model(path: str, device="cpu", backend: str = "auto") -> Tuple[nn.Modul
     return model, {k: v for k, v in blob.items() if k != "state_dict"}
 
 
+def model_description(a: Dict[str, Any], task) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """(build, task) entries of a model file from sab-train's arguments `a` (a dict, as a checkpoint stores them)
+    and the task built from them. Arguments that older checkpoints lack get their defaults."""
+    build = dict(kind=a["model"], input_size=task.input_size, hidden_size=a["hidden"], output_size=task.output_size,
+                 k_top=a["k_top"], k_att=a["k_att"], k_trunc=a["k_trunc"] or None, attn_dim=a["attn_dim"],
+                 eps=a.get("eps", EPS))
+    task_info = dict(name=a["task"], seq_len=a["seq_len"], input=a["input"], permute=not a["no_permute"],
+                     seed=a["seed"], data=a["data"], stateful=a.get("stateful", False),
+                     memory_window=a.get("memory_window", 0))
+    return build, task_info
+
+
 def export_checkpoint(run_dir: str) -> str:
     """Write run_dir/model.pt from run_dir/checkpoint.pt of a sab-train run; returns the path."""
     from .nn import build_model
@@ -76,17 +88,12 @@ def export_checkpoint(run_dir: str) -> str:
     ckpt = load_checkpoint(os.path.join(run_dir, "checkpoint.pt"))
     a = ckpt["args"]
     task = make_task(a["task"], a["seq_len"], a["input"], a["data"], not a["no_permute"], a["seed"])
-    build = dict(kind=a["model"], input_size=task.input_size, hidden_size=a["hidden"], output_size=task.output_size,
-                 k_top=a["k_top"], k_att=a["k_att"], k_trunc=a["k_trunc"] or None, attn_dim=a["attn_dim"],
-                 eps=a.get("eps", EPS))
+    build, task_info = model_description(a, task)
     kwargs = {k: build[k] for k in ("k_top", "k_att", "k_trunc", "attn_dim", "eps")}
     model = build_model(build["kind"], build["input_size"], build["hidden_size"], build["output_size"], backend="cpu",
                         **kwargs)
     model.load_state_dict(ckpt["model"])
     path = os.path.join(run_dir, "model.pt")
-    task_info = dict(name=a["task"], seq_len=a["seq_len"], input=a["input"], permute=not a["no_permute"],
-                     seed=a["seed"], data=a["data"], stateful=a.get("stateful", False),
-                     memory_window=a.get("memory_window", 0))
     metrics = {**(ckpt["rows"][-1] if ckpt["rows"] else {}), "step": ckpt["step"]}
     save_model(path, model, build, task_info, metrics=metrics, train_args=a)
     return path

@@ -34,7 +34,8 @@ import torch
 
 from ._io import atomic_write
 from .kernels import triton_interpreter_enabled
-from .model_file import save_model
+from .evaluate import evaluate_task
+from .model_file import model_description, save_model
 from .nn import MODEL_KINDS, SABState, build_model
 from .tasks import TASKS, copy_transfer, make_task
 from .tasks.chars import evaluate_streams
@@ -309,13 +310,9 @@ def evaluate(model, task, args, device) -> Dict[str, float]:
     if args.stateful:
         return evaluate_streams(model, task, args.batch_size, args.memory_window, device)
     model.eval()
-    sums, count = {}, 0
-    for x, y in task.eval_batches(args.batch_size, args.eval_size, seed=10_000 + args.seed, device=device):
-        for k, v in task.metrics(model(x), y).items():
-            sums[k] = sums.get(k, 0.0) + v * x.shape[0]
-        count += x.shape[0]
+    metrics = evaluate_task(model, task, args.eval_size, args.batch_size, 10_000 + args.seed, device)
     model.train()
-    return {k: v / count for k, v in sums.items()}
+    return metrics
 
 
 def plot_curve(rows: List[dict], path: str, title: str) -> None:
@@ -476,13 +473,9 @@ def run(args: argparse.Namespace) -> dict:
             res = copy_transfer(model, lens, args.transfer_size, args.batch_size, args.input, seed=20_000 + args.seed, device=device)
             result["transfer"] = {str(T): {k: round(v, 5) for k, v in m.items()} for T, m in res.items()}
         plot_curve(rows, os.path.join(args.out, "curve.png"), f"{args.task} T={args.seq_len} {args.model}")
-        save_model(os.path.join(args.out, "model.pt"), model,
-                   build=dict(kind=args.model, input_size=task.input_size, hidden_size=args.hidden,
-                              output_size=task.output_size, k_top=args.k_top, k_att=args.k_att,
-                              k_trunc=args.k_trunc or None, attn_dim=args.attn_dim, eps=args.eps),
-                   task=dict(name=args.task, seq_len=args.seq_len, input=args.input, permute=not args.no_permute,
-                             seed=args.seed, data=args.data, stateful=args.stateful, memory_window=args.memory_window),
-                   metrics=result, train_args=dict(vars(args)))
+        build, task_info = model_description(vars(args), task)
+        save_model(os.path.join(args.out, "model.pt"), model, build, task_info, metrics=result,
+                   train_args=dict(vars(args)))
         atomic_write(os.path.join(args.out, "final.json"), lambda f: f.write(json.dumps(result, indent=1).encode("utf-8")))
     if world > 1:
         import torch.distributed as dist

@@ -75,8 +75,12 @@ class CharsTask(Task):
         state must be reset."""
         rows = self.streams(batch_size * world)[rank * batch_size:(rank + 1) * batch_size]
         j = step % ((rows.shape[1] - 1) // self.seq_len)
+        return (*self.chunk(rows, j, device), j == 0)
+
+    def chunk(self, rows: Tensor, j: int, device="cpu") -> Tuple[Tensor, Tensor]:
+        """(x (B, T, V) one-hot, y (B, T)): chunk j of the streams `rows` (B, L), y the next character."""
         window = rows[:, j * self.seq_len: (j + 1) * self.seq_len + 1]
-        return self._one_hot(window[:, :-1]).to(device), window[:, 1:].to(device), j == 0
+        return self._one_hot(window[:, :-1]).to(device), window[:, 1:].to(device)
 
     def loss(self, logits, y):
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1))
@@ -101,10 +105,9 @@ def evaluate_streams(model, task: CharsTask, batch_size: int, memory_window: int
     model.eval()
     state, total, count = None, 0.0, 0
     for j in range(n):
-        window = rows[:, j * task.seq_len: (j + 1) * task.seq_len + 1]
-        logits, state = model.forward_chunk(task._one_hot(window[:, :-1]).to(device), state)
+        x, y = task.chunk(rows, j, device)
+        logits, state = model.forward_chunk(x, state)
         state = carry_state(state, memory_window)
-        y = window[:, 1:].to(device)
         total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1), reduction="sum").item()
         count += y.numel()
     model.train(was_training)
