@@ -287,7 +287,9 @@ def clip_gradients(parameters, max_norm: float) -> float:
 
     One difference: a norm past float32's range (a sum of squares over 3.4e38; SAB's replay hops reach it at copy
     T = 200) is taken again in float64, so the clipped update still points along the gradient; clip_grad_norm_
-    would scale it by 1/inf, i.e. zero it. NaN or infinite entries give a non-finite norm and are left as they are.
+    would scale it by 1/inf, i.e. zero it. The authors' script clipped in double too: its PyTorch 0.1.12
+    clip_grad_norm added the per-parameter norms as Python floats. NaN or infinite entries give a non-finite norm
+    and are left as they are.
     """
     params = [p for p in parameters if p.grad is not None]
     grads = [p.grad for p in params]
