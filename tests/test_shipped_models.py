@@ -19,7 +19,7 @@ ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
 SHIPPED = sorted(p for p in glob.glob(os.path.join(ROOT, "*", "*", "model.pt")) if "chars_" not in p)
 # The README's headline copy models: solved (acc10 >= 0.99) at the delay they were trained on.
 HEADLINE = ["copy_T100_h128/sab_seed0", "copy_T100_h128/sab_seed1", "copy_T200_h128/sab_seed1",
-            "copy_T200_h128/sab_seed2", "copy_T300_h128/sab_seed1"]
+            "copy_T200_h128/sab_seed2", "copy_T300_h128/sab_seed1", "copy_T300_h128/sab_seed2"]
 
 
 def _name(path):
