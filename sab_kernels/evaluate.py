@@ -48,10 +48,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 
 @torch.no_grad()
-def evaluate_task(model, task, n_examples: int, batch_size: int, seed: int, device) -> Dict[str, float]:
-    """Metrics of `model` on `n_examples` fresh examples of `task`, averaged with batch-size weights."""
+def evaluate_task(model, task, n_examples: int, batch_size: int, seed: int, device, split: str = "test") -> Dict[str, float]:
+    """Metrics of `model` on `n_examples` examples of `task`'s `split`, averaged with batch-size weights."""
     sums, count = {}, 0
-    for x, y in task.eval_batches(batch_size, n_examples, seed=seed, device=device):
+    for x, y in task.eval_batches(batch_size, n_examples, seed=seed, device=device, split=split):
         for k, v in task.metrics(model(x), y).items():
             sums[k] = sums.get(k, 0.0) + v * x.shape[0]
         count += x.shape[0]

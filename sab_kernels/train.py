@@ -80,7 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=BACKENDS, default="auto", help="sparse-attention backend")
     p.add_argument("--input", choices=("onehot", "scalar"), default="onehot", help="copy: input encoding")
     p.add_argument("--data", default=None, help="mnist: folder of IDX files; chars: text file")
-    p.add_argument("--no-permute", action="store_true", help="digits/mnist: keep the pixel order")
+    p.add_argument("--no-permute", action="store_true", help="digits/mnist/mnist5k: keep the pixel order (sequential MNIST)")
     p.add_argument("--stateful", action="store_true",
                    help="chars: read the text as --batch-size contiguous streams, chunk after chunk, carrying the "
                         "state (and SAB's memory) across batches; evaluation walks the whole test split")
@@ -313,6 +313,9 @@ def evaluate(model, task, args, device) -> Dict[str, float]:
         return evaluate_streams(model, task, args.batch_size, args.memory_window, device)
     model.eval()
     metrics = evaluate_task(model, task, args.eval_size, args.batch_size, 10_000 + args.seed, device)
+    if "valid" in getattr(task, "splits", ()):  # what a run may stop on, logged beside the test split's metrics
+        valid = evaluate_task(model, task, args.eval_size, args.batch_size, 10_000 + args.seed, device, split="valid")
+        metrics.update({f"val_{k}": v for k, v in valid.items()})
     model.train()
     return metrics
 

@@ -32,13 +32,13 @@ class Task:
     def metrics(self, logits: Tensor, y: Tensor) -> Dict[str, float]:
         raise NotImplementedError
 
-    def eval_batches(self, batch_size: int, n_examples: int, seed: int, device="cpu"):
-        """Fixed evaluation batches (split "test"), the same for every model with this seed."""
+    def eval_batches(self, batch_size: int, n_examples: int, seed: int, device="cpu", split: str = "test"):
+        """Fixed evaluation batches of `split`, the same for every model with this seed."""
         g = torch.Generator().manual_seed(seed)
         done = 0
         while done < n_examples:
             b = min(batch_size, n_examples - done)
-            yield self.batch(b, g, split="test", device=device)
+            yield self.batch(b, g, split=split, device=device)
             done += b
 
 
@@ -60,17 +60,25 @@ class SequenceClassification(Task):
         self.test_x, self.test_y = images[-n_test:], labels[-n_test:]
         self._test_pos = 0
 
+    splits = ("train", "test")
+
+    def _split(self, split: str):
+        if split not in self.splits:
+            raise ValueError(f"split must be one of {self.splits} for the {self.name} task, got {split!r}")
+        return getattr(self, f"{split}_x"), getattr(self, f"{split}_y")
+
     def batch(self, batch_size, generator, split="train", device="cpu"):
-        xs, ys = (self.train_x, self.train_y) if split == "train" else (self.test_x, self.test_y)
+        xs, ys = self._split(split)
         idx = torch.randint(0, xs.shape[0], (batch_size,), generator=generator)
         return xs[idx].unsqueeze(-1).to(device), ys[idx].to(device)
 
-    def eval_batches(self, batch_size, n_examples, seed, device="cpu"):
-        """The whole test split in order (n_examples caps it); `seed` is unused."""
-        n = min(n_examples, self.test_x.shape[0])
+    def eval_batches(self, batch_size, n_examples, seed, device="cpu", split="test"):
+        """The whole split (default "test") in order (n_examples caps it); `seed` is unused."""
+        xs, ys = self._split(split)
+        n = min(n_examples, xs.shape[0])
         for start in range(0, n, batch_size):
             end = min(start + batch_size, n)
-            yield self.test_x[start:end].unsqueeze(-1).to(device), self.test_y[start:end].to(device)
+            yield xs[start:end].unsqueeze(-1).to(device), ys[start:end].to(device)
 
     def loss(self, logits, y):
         return torch.nn.functional.cross_entropy(logits[:, -1].float(), y)
