@@ -16,12 +16,17 @@
 // through W_m (dm = dv + dk W_m, dW_m += dk^T m) once, when the sweep reaches the step that wrote it. Steps
 // that no gradient reaches are skipped (sparse replay): no output gradient, no live chain, no selected slot.
 // Everything runs in a fixed order, so results are bitwise reproducible for any thread count.
+//
+// Memory: the caller owns the slot buffers values (B, cap, H) and keys (B, cap, D) (sab_kernels/kernels/
+// slot_buffers.py). Rows [0, n0) hold the slots and keys the call starts from; the forward appends rows
+// [n0, S) in place and copies nothing of the past, so a stream of one step per call costs one step.
 
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
 #include <algorithm>
 #include <cstdlib>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -41,6 +46,9 @@ namespace sab {
 namespace {
 
 // Row-major C (M x N) = alpha op(A) op(B) + beta C, op(A) M x K, op(B) K x N; lda/ldb/ldc are row strides.
+// Fortran BLAS takes 32-bit sizes: a size or stride past INT_MAX (a memory whose rows are more than 2^31
+// elements apart: B = 1, D = 65536, 32768 slots) takes ATen, which handles 64-bit strides, instead of being
+// narrowed into a negative leading dimension that BLAS rejects.
 template <typename T>
 void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda,
           const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
@@ -52,8 +60,10 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, 
     const char* v = std::getenv("SAB_KERNELS_ATEN_GEMM");
     return v != nullptr && std::string(v) == "1";
   }();
+  constexpr int64_t kIntMax = std::numeric_limits<int>::max();
+  const bool fits_int = std::max({M, N, K, lda, ldb, ldc}) <= kIntMax;
   auto* blas = std::is_same_v<T, float> ? reinterpret_cast<void*>(&sgemm_) : reinterpret_cast<void*>(&dgemm_);
-  if (blas != nullptr && !aten_only && K > 0) {
+  if (blas != nullptr && !aten_only && K > 0 && fits_int) {
     // Column-major BLAS sees the row-major matrices transposed: C^T = op(B)^T op(A)^T.
     const char ta = trans_a ? 'T' : 'N', tb = trans_b ? 'T' : 'N';
     const int m = int(N), n = int(M), k = int(K), la = int(lda), lb = int(ldb), lc = int(ldc);
@@ -111,12 +121,12 @@ bool any_nonzero(const scalar_t* p, int64_t n) {
 }
 
 // Slot j's key mailbox dk (B rows S*D apart) folded through W_m: out (B rows ld_out apart) += dk W_m, and
-// dW_m += dk^T m_j (the slot's rows of the value buffer, S*H apart).
+// dW_m += dk^T m_j (the slot's rows of the value buffer, cap*H apart).
 template <typename scalar_t>
 void fold_key_mail(const scalar_t* dk, const scalar_t* m, const scalar_t* wm, scalar_t* out, int64_t ld_out,
-                   scalar_t* g_wm, int64_t B, int64_t S, int64_t D, int64_t H) {
+                   scalar_t* g_wm, int64_t B, int64_t S, int64_t cap, int64_t D, int64_t H) {
   gemm<scalar_t>(false, false, B, H, D, 1, dk, S * D, wm, H, 1, out, ld_out);
-  gemm<scalar_t>(true, false, D, H, B, 1, dk, S * D, m, S * H, 1, g_wm, H);
+  gemm<scalar_t>(true, false, D, H, B, 1, dk, S * D, m, cap * H, 1, g_wm, H);
 }
 
 void check_2d(const at::Tensor& t, const char* name, int64_t d0, int64_t d1) {
@@ -124,21 +134,26 @@ void check_2d(const at::Tensor& t, const char* name, int64_t d0, int64_t d1) {
               " must have shape (", d0, ", ", d1, "), got ", t.sizes());
 }
 
+// The number of slots after a call of T steps from global step step0 that starts with n0 slots.
+int64_t slots_after(int64_t n0, int64_t T, int64_t step0, int64_t k_att) {
+  return n0 + (step0 + T) / k_att - step0 / k_att;
+}
+
 template <typename scalar_t>
 std::vector<at::Tensor> forward_typed(const at::Tensor& x, const at::Tensor& h0, const at::Tensor& c0,
-                                      const at::Tensor& memory, const at::Tensor& w_ih, const at::Tensor& w_hh,
-                                      const at::Tensor& bias, const at::Tensor& wq, const at::Tensor& bq,
-                                      const at::Tensor& wm, const at::Tensor& w, int64_t k_top, int64_t k_att,
-                                      int64_t k_trunc, int64_t step0, double eps) {
+                                      const at::Tensor& VALUES, const at::Tensor& KEYS, int64_t n0,
+                                      const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& bias,
+                                      const at::Tensor& wq, const at::Tensor& bq, const at::Tensor& wm,
+                                      const at::Tensor& w, int64_t k_top, int64_t k_att, int64_t k_trunc,
+                                      int64_t step0, double eps) {
   (void)k_trunc;  // truncation only shapes the backward
   const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = h0.size(1);
   const bool mem = k_top > 0;
   const int64_t D = mem ? wq.size(0) : 0;
-  const int64_t n0 = mem ? memory.size(1) : 0;
-  int64_t S = n0;
-  for (int64_t t = 0; t < T; ++t) {
-    S += (mem && writes_at(step0 + t, k_att)) ? 1 : 0;
-  }
+  // The slot buffers (B, cap, H) and (B, cap, D): rows [0, n0) hold the slots and keys this call starts from,
+  // rows [n0, S) are written here (in place: the caller reserved them, see slot_buffers.py).
+  const int64_t cap = mem ? VALUES.size(1) : 0;
+  const int64_t S = mem ? slots_after(n0, T, step0, k_att) : 0;
   const int64_t k = mem ? std::min(k_top, S) : 0;
   const auto opts = x.options();
   const Kernels& kern = kernels(dtype_tag<scalar_t>());
@@ -153,7 +168,6 @@ std::vector<at::Tensor> forward_typed(const at::Tensor& x, const at::Tensor& h0,
   at::Tensor W = at::empty({mem ? T : 0, B, k}, opts);
   at::Tensor IDX = at::empty({mem ? T : 0, B, k}, opts.dtype(at::kLong));
   at::Tensor THR = at::empty({mem ? T : 0, B}, opts.dtype(at::kLong));
-  at::Tensor VALUES = at::empty({B, S, H}, opts), KEYS = at::empty({B, S, D}, opts);
   at::Tensor summary = at::empty({B, H}, opts);
   std::vector<int64_t> slot_of(T, -1);  // the slot step t wrote, or -1
 
@@ -162,22 +176,13 @@ std::vector<at::Tensor> forward_typed(const at::Tensor& x, const at::Tensor& h0,
   scalar_t* TCp = TC.data_ptr<scalar_t>();
   scalar_t* outp = out.data_ptr<scalar_t>();
   scalar_t* HHp = mem ? HH.data_ptr<scalar_t>() : nullptr;
-  scalar_t* vals = VALUES.data_ptr<scalar_t>();
-  scalar_t* keys = KEYS.data_ptr<scalar_t>();
+  scalar_t* vals = mem ? VALUES.data_ptr<scalar_t>() : nullptr;
+  scalar_t* keys = mem ? KEYS.data_ptr<scalar_t>() : nullptr;
   scalar_t* sum = summary.data_ptr<scalar_t>();
   const scalar_t* whh = w_hh.data_ptr<scalar_t>();
   const scalar_t* wqp = mem ? wq.data_ptr<scalar_t>() : nullptr;
   const scalar_t* bqp = mem ? bq.data_ptr<scalar_t>() : nullptr;
   const scalar_t* wmp = mem ? wm.data_ptr<scalar_t>() : nullptr;
-  if (mem) {
-    const scalar_t* m = memory.data_ptr<scalar_t>();
-    for (int64_t b = 0; b < B; ++b) {
-      std::copy_n(m + b * n0 * H, n0 * H, vals + b * S * H);
-    }
-    for (int64_t j = 0; j < n0; ++j) {  // one slot at a time, as the step loop writes them (the same bits)
-      gemm<scalar_t>(false, true, B, D, H, 1, m + j * H, n0 * H, wmp, H, 0, keys + j * D, S * D);
-    }
-  }
   std::vector<int64_t> lengths(B, n0);
   int64_t n = n0;
   const scalar_t* h = h0.data_ptr<scalar_t>();
@@ -208,7 +213,7 @@ std::vector<at::Tensor> forward_typed(const at::Tensor& x, const at::Tensor& h0,
       a.w = w.data_ptr();
       a.lengths = lengths.data();
       a.B = B;
-      a.T = S;
+      a.T = cap;  // the rows' stride; the kernel reads the first n (lengths) of each
       a.D = D;
       a.H = H;
       a.k_top = k;  // k_top >= S behaves as k_top = S: every row n <= S is in the softmax regime
@@ -229,9 +234,9 @@ std::vector<at::Tensor> forward_typed(const at::Tensor& x, const at::Tensor& h0,
       }
       if (writes_at(step0 + t, k_att)) {
         for (int64_t b = 0; b < B; ++b) {
-          std::copy_n(ht + b * 2 * H, H, vals + (b * S + n) * H);
+          std::copy_n(ht + b * 2 * H, H, vals + (b * cap + n) * H);
         }
-        gemm<scalar_t>(false, true, B, D, H, 1, ht, 2 * H, wmp, H, 0, keys + n * D, S * D);
+        gemm<scalar_t>(false, true, B, D, H, 1, ht, 2 * H, wmp, H, 0, keys + n * D, cap * D);
         slot_of[t] = n++;
       }
     }
@@ -244,22 +249,24 @@ std::vector<at::Tensor> forward_typed(const at::Tensor& x, const at::Tensor& h0,
   at::Tensor SLOT = at::tensor(slot_of, opts.dtype(at::kLong));
   // The backward reads h_t from the output itself (saved as such: an in-place change of it fails the
   // backward's version check).
-  return {out, h_n, c_n, VALUES, G, C, TC, HH, out, Q, W, IDX, THR, KEYS, SLOT};
+  return {out, h_n, c_n, G, C, TC, HH, out, Q, W, IDX, THR, SLOT};
 }
 
 template <typename scalar_t>
 std::vector<at::Tensor> backward_typed(const at::Tensor& grad_out, const at::Tensor& grad_h, const at::Tensor& grad_c,
                                        const at::Tensor& grad_memory, const std::vector<at::Tensor>& in,
-                                       const std::vector<at::Tensor>& sv, int64_t k_top, int64_t k_trunc,
-                                       int64_t step0, bool need_grad_x, double eps) {
-  const at::Tensor &x = in[0], &h0 = in[1], &c0 = in[2], &memory = in[3], &w_ih = in[4], &w_hh = in[5];
-  const at::Tensor &wq = in[7], &wm = in[9], &w = in[10];
-  const at::Tensor &VALUES = sv[0], &G = sv[1], &C = sv[2], &TC = sv[3], &HH = sv[4], &out = sv[5], &Q = sv[6];
-  const at::Tensor &IDX = sv[8], &THR = sv[9], &KEYS = sv[10], &SLOT = sv[11];
+                                       const std::vector<at::Tensor>& sv, int64_t n0, int64_t k_top,
+                                       int64_t k_att, int64_t k_trunc, int64_t step0, bool need_grad_x, double eps) {
+  const at::Tensor &x = in[0], &h0 = in[1], &c0 = in[2], &VALUES = in[3], &KEYS = in[4], &w_ih = in[5];
+  const at::Tensor &w_hh = in[6], &wq = in[8], &wm = in[10], &w = in[11];
+  const at::Tensor &G = sv[0], &C = sv[1], &TC = sv[2], &HH = sv[3], &out = sv[4], &Q = sv[5];
+  const at::Tensor &IDX = sv[7], &THR = sv[8], &SLOT = sv[9];
   const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = h0.size(1);
   const bool mem = k_top > 0;
   const int64_t D = mem ? wq.size(0) : 0;
-  const int64_t S = VALUES.size(1), n0 = mem ? memory.size(1) : 0;
+  // The slots of this call are rows [0, S) of the buffers (B, cap, .); rows [0, n0) it received.
+  const int64_t cap = mem ? VALUES.size(1) : 0;
+  const int64_t S = mem ? slots_after(n0, T, step0, k_att) : 0;
   const int64_t k = mem ? IDX.size(2) : 0, R = k + 1;
   const auto opts = x.options();
   const Kernels& kern = kernels(dtype_tag<scalar_t>());
@@ -345,7 +352,7 @@ std::vector<at::Tensor> backward_typed(const at::Tensor& grad_out, const at::Ten
       }
     }
     if (mail_live) {
-      fold_key_mail<scalar_t>(mailkp + slot * D, values + slot * H, wmp, ghp, H, gwmp, B, S, D, H);
+      fold_key_mail<scalar_t>(mailkp + slot * D, values + slot * H, wmp, ghp, H, gwmp, B, S, cap, D, H);
     }
     std::copy_n(ghp, B * H, ghhp);
     if (mem) {
@@ -365,8 +372,8 @@ std::vector<at::Tensor> backward_typed(const at::Tensor& grad_out, const at::Ten
             tcp[b] = s >= 0 ? k : -1;
           }
           if (s >= 0) {
-            std::copy_n(keys + (b * S + s) * D, D, kcp + (b * R + r) * D);
-            std::copy_n(values + (b * S + s) * H, H, vcp + (b * R + r) * H);
+            std::copy_n(keys + (b * cap + s) * D, D, kcp + (b * R + r) * D);
+            std::copy_n(values + (b * cap + s) * H, H, vcp + (b * R + r) * H);
           }
         }
       }
@@ -437,7 +444,9 @@ std::vector<at::Tensor> backward_typed(const at::Tensor& grad_out, const at::Ten
   // Weight gradients as single matmuls over all steps (unvisited steps contribute zero rows).
   const at::Tensor dGf = dG.view({T * B, 4 * H});
   at::Tensor grad_x = need_grad_x ? at::mm(dGf, w_ih).view({T, B, I}) : at::empty({0}, opts);
-  at::Tensor g_w_ih = at::mm(dGf.t(), x.reshape({T * B, I}));
+  // dW_ih = dG^T x, computed as (x^T dG)^T: with few inputs (I = 10) MKL runs the (I, T B) x (T B, 4H) shape
+  // several times faster than (4H, T B) x (T B, I) (14 ms against 100 ms at T = 4096, B = 16, H = 128).
+  at::Tensor g_w_ih = at::mm(x.reshape({T * B, I}).t(), dGf).t().contiguous();
   // dW_hh = sum_t dG_t^T h_{t-1}: h_0 .. h_{T-2} are rows of the output, h_{-1} = h0.
   at::Tensor g_w_hh = at::mm(dG[0].t(), h0);
   if (T > 1) {
@@ -452,13 +461,13 @@ std::vector<at::Tensor> backward_typed(const at::Tensor& grad_out, const at::Ten
     g_bq = dQf.sum(0);
     for (int64_t j = 0; j < n0; ++j) {  // the slots this call received: their key gradients fold in here
       if (touched[j]) {
-        fold_key_mail<scalar_t>(mailkp + j * D, values + j * H, wmp, mailp + j * H, S * H, gwmp, B, S, D, H);
+        fold_key_mail<scalar_t>(mailkp + j * D, values + j * H, wmp, mailp + j * H, S * H, gwmp, B, S, cap, D, H);
       }
     }
     g_mem = mail.narrow(1, 0, n0).clone();
   } else {
     g_wq = g_bq = g_wm = at::empty({0}, opts);
-    g_mem = at::zeros_like(memory);
+    g_mem = at::empty({0}, opts);
   }
   return {grad_x, g_h, g_c, g_mem, g_w_ih, g_w_hh, g_bias, g_wq, g_bq, g_wm, g_w,
           at::scalar_tensor(visited, opts.dtype(at::kLong))};
@@ -467,8 +476,8 @@ std::vector<at::Tensor> backward_typed(const at::Tensor& grad_out, const at::Ten
 }  // namespace
 
 std::vector<at::Tensor> lstm_forward(const at::Tensor& x, const at::Tensor& h0, const at::Tensor& c0,
-                                     const at::Tensor& memory, const at::Tensor& weight_ih,
-                                     const at::Tensor& weight_hh, const at::Tensor& bias,
+                                     const at::Tensor& values, const at::Tensor& keys, int64_t n0,
+                                     const at::Tensor& weight_ih, const at::Tensor& weight_hh, const at::Tensor& bias,
                                      const at::Tensor& query_weight, const at::Tensor& query_bias,
                                      const at::Tensor& key_weight, const at::Tensor& score_weight, int64_t k_top,
                                      int64_t k_att, int64_t k_trunc, int64_t step0, double eps) {
@@ -476,8 +485,11 @@ std::vector<at::Tensor> lstm_forward(const at::Tensor& x, const at::Tensor& h0, 
               "contiguous CPU tensor (T, B, I), got ", x.sizes());
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
               "sab_kernels._C.lstm: float32 or float64 expected, got ", x.scalar_type());
-  TORCH_CHECK(k_top >= 0 && k_att >= 1 && k_trunc >= 0 && step0 >= 0, "sab_kernels._C.lstm: bad k_top/k_att/k_trunc");
-  const int64_t B = x.size(1), I = x.size(2), H = h0.size(1);
+  TORCH_CHECK(k_top >= 0, "sab_kernels._C.lstm: k_top must be >= 0, got ", k_top);
+  TORCH_CHECK(k_att >= 1, "sab_kernels._C.lstm: k_att must be >= 1, got ", k_att);
+  TORCH_CHECK(k_trunc >= 0, "sab_kernels._C.lstm: k_trunc must be >= 0, got ", k_trunc);
+  TORCH_CHECK(step0 >= 0, "sab_kernels._C.lstm: step0 must be >= 0, got ", step0);
+  const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = h0.size(1);
   check_2d(h0, "h0", B, H);
   check_2d(c0, "c0", B, H);
   check_2d(weight_ih, "weight_ih", 4 * H, I);
@@ -489,30 +501,36 @@ std::vector<at::Tensor> lstm_forward(const at::Tensor& x, const at::Tensor& h0, 
     check_2d(key_weight, "key_weight", D, H);
     TORCH_CHECK(query_bias.numel() == D && score_weight.numel() == D, "sab_kernels._C.lstm: query_bias and "
                 "score_weight must have D elements");
-    TORCH_CHECK(memory.dim() == 3 && memory.size(0) == B && memory.size(1) >= 1 && memory.size(2) == H,
-                "sab_kernels._C.lstm: memory must be (B, n >= 1, H), got ", memory.sizes());
+    TORCH_CHECK(values.dim() == 3 && values.size(0) == B && values.size(2) == H, "sab_kernels._C.lstm: values "
+                "must be (B, capacity, H), got ", values.sizes());
+    TORCH_CHECK(keys.dim() == 3 && keys.size(0) == B && keys.size(1) == values.size(1) && keys.size(2) == D,
+                "sab_kernels._C.lstm: keys must be (B, capacity, D) = (", B, ", ", values.size(1), ", ", D, "), got ",
+                keys.sizes());
+    TORCH_CHECK(n0 >= 1 && slots_after(n0, T, step0, k_att) <= values.size(1), "sab_kernels._C.lstm: the buffers "
+                "hold ", values.size(1), " slots, but the call starts from ", n0, " (>= 1) and writes ",
+                slots_after(n0, T, step0, k_att) - n0);
   }
   for (const at::Tensor* t : {&h0, &c0, &weight_ih, &weight_hh, &bias, &query_weight, &query_bias, &key_weight,
-                              &score_weight, &memory}) {
+                              &score_weight, &values, &keys}) {
     TORCH_CHECK(!t->defined() || t->numel() == 0 || (t->scalar_type() == x.scalar_type() && t->is_contiguous() &&
                                                      t->device().is_cpu()),
                 "sab_kernels._C.lstm: every tensor must be contiguous, on the CPU and of x's dtype");
   }
   return AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "sab_lstm_forward", [&] {
-    return forward_typed<scalar_t>(x, h0, c0, memory, weight_ih, weight_hh, bias, query_weight, query_bias,
+    return forward_typed<scalar_t>(x, h0, c0, values, keys, n0, weight_ih, weight_hh, bias, query_weight, query_bias,
                                    key_weight, score_weight, k_top, k_att, k_trunc, step0, eps);
   });
 }
 
 std::vector<at::Tensor> lstm_backward(const at::Tensor& grad_out, const at::Tensor& grad_h, const at::Tensor& grad_c,
                                       const at::Tensor& grad_memory, const std::vector<at::Tensor>& inputs,
-                                      const std::vector<at::Tensor>& saved, int64_t k_top, int64_t k_trunc,
-                                      int64_t step0, bool need_grad_x, double eps) {
-  TORCH_CHECK(inputs.size() == 11 && saved.size() == 12, "sab_kernels._C.lstm_backward: expected 11 inputs and "
-              "12 saved tensors, got ", inputs.size(), " and ", saved.size());
+                                      const std::vector<at::Tensor>& saved, int64_t n0, int64_t k_top, int64_t k_att,
+                                      int64_t k_trunc, int64_t step0, bool need_grad_x, double eps) {
+  TORCH_CHECK(inputs.size() == 12 && saved.size() == 10, "sab_kernels._C.lstm_backward: expected 12 inputs and "
+              "10 saved tensors, got ", inputs.size(), " and ", saved.size());
   return AT_DISPATCH_FLOATING_TYPES(inputs[0].scalar_type(), "sab_lstm_backward", [&] {
-    return backward_typed<scalar_t>(grad_out, grad_h, grad_c, grad_memory, inputs, saved, k_top, k_trunc, step0,
-                                    need_grad_x, eps);
+    return backward_typed<scalar_t>(grad_out, grad_h, grad_c, grad_memory, inputs, saved, n0, k_top, k_att, k_trunc,
+                                    step0, need_grad_x, eps);
   });
 }
 

@@ -2,6 +2,7 @@
 
 from .memory import Attention, MemoryState, SparseAttentiveMemory
 from .models import MODEL_KINDS, SequenceModel, build_model
-from .sab_lstm import SABLSTM, SABState
+from .sab_lstm import SABLSTM
+from .state import SABState
 
 __all__ = ["Attention", "MemoryState", "SparseAttentiveMemory", "SABLSTM", "SABState", "SequenceModel", "build_model", "MODEL_KINDS"]

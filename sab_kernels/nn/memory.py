@@ -32,13 +32,15 @@ posts their gradient to the same mailbox.
 
 from __future__ import annotations
 
-from typing import List, NamedTuple, Optional, Set
+import threading
+from typing import Dict, NamedTuple, Optional, Set, Tuple
 
 import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from sab_kernels._validation import check_eps
+from sab_kernels.kernels.slot_buffers import SlotBuffers, alias
 from sab_kernels.op import backward_impl, forward_impl
 from sab_kernels.reference import EPS
 
@@ -58,39 +60,56 @@ def _op_forward(query, keys, values, score_weight, n: int, k_top: int, backend: 
     return forward_impl(query, keys, values, score_weight, k_top, lengths, backend, check_lengths=False, eps=eps)
 
 
-class _Mailbox:
-    """Gradient mailbox of one sequence: slot j's rows are [(j+1) B, (j+2) B) of `grads` ((n+1) B, H), the
-    first B rows a sink for unused entries), `touched` the slots holding gradient. Holds no graph tensor, so the
-    autograd nodes that reference it make no reference cycle."""
+class _Pass:
+    """One backward pass's share of a mailbox: slot j's rows are [(j+1) B, (j+2) B) of `grads` ((n+1) B, H), the
+    first B rows a sink for unused entries), `touched` the slots holding gradient."""
 
-    __slots__ = ("B", "H", "n", "grads", "touched", "pass_id", "cache")
+    __slots__ = ("grads", "touched")
+
+    def __init__(self):
+        self.grads: Optional[Tensor] = None
+        self.touched: Set[int] = set()
+
+
+class _Mailbox:
+    """Gradient mailbox of one sequence (one call's memory), one `_Pass` per backward pass running over it.
+
+    Passes are told apart by autograd's graph-task id, so two threads running `autograd.grad(...,
+    retain_graph=True)` over one graph at once each sum their own gradients; a pass's share is dropped when
+    that pass ends (a callback queued on the engine), so a pass that skipped some writes (autograd.grad with
+    `inputs`) leaves nothing stale behind. Holds no graph tensor, so the autograd nodes that reference it make
+    no reference cycle."""
+
+    __slots__ = ("B", "H", "n", "passes", "cache", "lock")
 
     def __init__(self, B: int, H: int):
         self.B, self.H, self.n = B, H, 0
-        self.grads: Optional[Tensor] = None
-        self.touched: Set[int] = set()
-        self.pass_id = -1
+        self.passes: Dict[int, _Pass] = {}
         self.cache: dict = {}
+        self.lock = threading.Lock()
 
-    def open(self, like: Tensor) -> Tensor:
-        """The mailbox for the current backward pass, ((n+1) B, H), all rows of untouched slots zero."""
+    def _current(self, create: bool) -> Optional[_Pass]:
         pass_id = torch._C._current_graph_task_id()
-        grads = self.grads
-        if pass_id != self.pass_id:
-            # A new pass: rows left over from an earlier pass that did not run every _Write (e.g.
-            # torch.autograd.grad with `inputs`) are stale; start from zeros.
-            self.pass_id = pass_id
-            if self.touched:
-                self.touched = set()
-                grads = None
+        with self.lock:
+            p = self.passes.get(pass_id)
+            if p is None and create:
+                p = self.passes[pass_id] = _Pass()
+                passes = self.passes
+                torch.autograd.Variable._execution_engine.queue_callback(lambda: passes.pop(pass_id, None))
+        return p
+
+    def open(self, like: Tensor) -> Tuple[Tensor, Set[int]]:
+        """This pass's mailbox ((n+1) B, H), all rows of untouched slots zero, and its touched set."""
+        p = self._current(create=True)
+        grads = p.grads
         if grads is None or grads.shape[0] < (self.n + 1) * self.B:
             # Slots written so far: no _Attend of this sequence can touch a slot past them. (Slots are not
             # written during a backward pass, so this grows at most once per pass; copy anyway.)
             old, grads = grads, like.new_zeros(((self.n + 1) * self.B, self.H))
             if old is not None:
                 grads[: old.shape[0]] = old
-            self.grads = grads
-        return grads
+            p.grads = grads
+        return grads, p.touched
 
     def constants(self, B: int, k: int, Tc: int, cap: int, device) -> tuple:
         """Index constants of the compact backward, cached per shape: (batch * cap (B, 1), arange(k)
@@ -108,10 +127,11 @@ class _Mailbox:
     def take(self, j0: int, j1: int) -> Optional[Tensor]:
         """The gradient of slots [j0, j1) as (B, j1 - j0, H), and empty their rows; None when no attention
         of this pass touched any of them."""
-        if self.pass_id != torch._C._current_graph_task_id() or not any(j in self.touched for j in range(j0, j1)):
+        p = self._current(create=False)
+        if p is None or not any(j in p.touched for j in range(j0, j1)):
             return None
-        self.touched.difference_update(range(j0, j1))
-        rows = self.grads[(j0 + 1) * self.B : (j1 + 1) * self.B]
+        p.touched.difference_update(range(j0, j1))
+        rows = p.grads[(j0 + 1) * self.B : (j1 + 1) * self.B]
         g = rows.view(j1 - j0, self.B, self.H).transpose(0, 1).clone()
         rows.zero_()
         return g
@@ -120,9 +140,9 @@ class _Mailbox:
         """Add grad (B, m, H) to slots [0, m) (a gradient that reaches the memory from outside, e.g. from the
         next chunk of the sequence), marking the slots with non-zero rows."""
         B, m, H = grad.shape
-        grads = self.open(grad)
+        grads, touched = self.open(grad)
         grads[B : (m + 1) * B] += grad.transpose(0, 1).reshape(m * B, H)
-        self.touched.update(torch.nonzero(grad.ne(0).any(2).any(0)).flatten().tolist())
+        touched.update(torch.nonzero(grad.ne(0).any(2).any(0)).flatten().tolist())
 
 
 class _Write(torch.autograd.Function):
@@ -145,14 +165,15 @@ class _Write(torch.autograd.Function):
 
 
 class _Export(torch.autograd.Function):
-    """The memory handed to the caller, (B, n, H): a copy of the buffer whose gradient goes to the mailbox
-    (so a later chunk's attention reaches this chunk's slots through sparse replay, as one long sequence)."""
+    """The memory handed to the caller, (B, n, H): the buffer's first n rows (an alias, not a copy) whose
+    gradient goes to the mailbox (so a later chunk's attention reaches this chunk's slots through sparse
+    replay, as one long sequence)."""
 
     @staticmethod
     def forward(ctx, mailbox, values, n, token):
         ctx.mailbox = mailbox
         ctx.set_materialize_grads(False)
-        return values[:, :n].clone()
+        return alias(values, n)
 
     @staticmethod
     @once_differentiable
@@ -223,9 +244,8 @@ class _Attend(torch.autograd.Function):
         # dL/dm_i = dL/dv_i + W_m^T dk_i, into the mailbox: row (slot + 1) B + b, so unused entries (slot -1)
         # land in the sink rows [0, B).
         g_rows = torch.addmm(g_v.reshape(-1, H), g_k.reshape(-1, D), key_weight)  # (B Tc, H)
-        grads = mailbox.open(g_rows)
+        grads, touched = mailbox.open(g_rows)
         grads.index_add_(0, (rows * B + batch_sink).reshape(-1), g_rows)  # distinct rows (but the sink): deterministic
-        touched = mailbox.touched
         touched.update(rows.reshape(-1).tolist())
         touched.discard(-1)
         return None, None, None, None, None, None, None, g_query, g_w, g_key_weight, None
@@ -235,15 +255,24 @@ class MemoryState:
     """The memory of one sequence, owned by the call that runs it (never by the module, so one module serves
     many sequences, threads and copies at once).
 
-    values (B, capacity, H) and keys (B, capacity, D) are preallocated buffers whose first n rows hold the
-    slots m_i and their keys W_m m_i; `token` heads the chain of write nodes (None without autograd).
+    `buffers` (SlotBuffers) hold the slots m_i and their keys W_m m_i in their first n rows; this state may
+    write rows [n, claimed) in place (it reserved them). `token` heads the chain of write nodes (None without
+    autograd). `values` (B, capacity, H) and `keys` (B, capacity, D) are the buffers themselves.
     """
 
-    __slots__ = ("values", "keys", "n", "mailbox", "token")
+    __slots__ = ("buffers", "n", "claimed", "mailbox", "token")
 
-    def __init__(self, values: Tensor, keys: Tensor, mailbox: _Mailbox):
-        self.values, self.keys, self.n, self.mailbox = values, keys, 0, mailbox
+    def __init__(self, buffers: SlotBuffers, n: int, mailbox: _Mailbox):
+        self.buffers, self.n, self.claimed, self.mailbox = buffers, n, buffers.used, mailbox
         self.token: Optional[Tensor] = None
+
+    @property
+    def values(self) -> Tensor:
+        return self.buffers.values
+
+    @property
+    def keys(self) -> Tensor:
+        return self.buffers.keys
 
 
 class SparseAttentiveMemory(nn.Module):
@@ -276,52 +305,53 @@ class SparseAttentiveMemory(nn.Module):
         self.score_weight = nn.Parameter(torch.empty(attn_dim))
         nn.init.uniform_(self.score_weight, -attn_dim**-0.5, attn_dim**-0.5)
 
-    def start(self, slots: Tensor, capacity: int = 64) -> MemoryState:
-        """A new memory holding `slots` (B, n0, H) (n0 >= 1), room for `capacity` slots in all (it grows).
+    def start(self, slots: Tensor, capacity: int = 64, buffers: Optional[SlotBuffers] = None) -> MemoryState:
+        """A memory holding `slots` (B, n0, H) (n0 >= 1), room for `capacity` slots in all (it grows).
 
+        `buffers`: the SlotBuffers whose first n0 rows hold `slots` and their keys (a continued sequence's);
+        the new slots are then appended to them in place when this call holds their newest row (see
+        SlotBuffers.reserve), and no earlier key is recomputed. Without them, new buffers are made.
         The slots stay graph-connected: gradient the attentions send them reaches their graph."""
+        if not isinstance(slots, Tensor) or slots.dim() != 3:
+            raise ValueError(f"slots must be a (B, n, H) tensor, got {tuple(slots.shape) if isinstance(slots, Tensor) else type(slots).__name__}")
         B, n0, H = slots.shape
-        capacity = max(int(capacity), n0, 1)
-        dtype = self.score_weight.dtype if torch.is_autocast_enabled(slots.device.type) else slots.dtype
-        # Zeros, not empty: the reference backend scores every row of the buffer (and masks rows >= n).
-        state = MemoryState(slots.new_zeros((B, capacity, H), dtype=dtype),
-                            slots.new_zeros((B, capacity, self.attn_dim), dtype=dtype), _Mailbox(B, H))
-        self._write(state, slots)
+        if H != self.hidden_size:
+            raise ValueError(f"slots must have hidden_size = {self.hidden_size} features, got {tuple(slots.shape)}")
+        extra = max(int(capacity) - n0, 0)
+        w_m = self.key_proj.weight
+        if buffers is not None:
+            buffers = buffers.reserve(n0, extra, w_m)
+        else:
+            dtype = self.score_weight.dtype if torch.is_autocast_enabled(slots.device.type) else slots.dtype
+            buffers = SlotBuffers.from_slots(slots.detach().to(dtype), w_m, extra)
+        state = MemoryState(buffers, n0, _Mailbox(B, H))
+        state.mailbox.n = n0
+        if torch.is_grad_enabled() and slots.requires_grad:
+            # Slots [0, n0) join the token chain: their gradient reaches `slots`' graph through the mailbox.
+            state.token = _Write.apply(state.mailbox, 0, n0, slots.new_zeros((), dtype=buffers.values.dtype).requires_grad_(True),
+                                       slots)
         return state
 
     def append(self, state: MemoryState, h: Tensor) -> None:
         """Write h (B, H) and its key W_m h (B, D) as the next slot: O(B H D) for the key, in place.
 
         With autograd on, the slot also joins the token chain (O(1) graph work, whatever the slot count)."""
-        self._write(state, h.unsqueeze(1), h)
-
-    def _write(self, state: MemoryState, slots: Tensor, source: Optional[Tensor] = None) -> None:
-        """Slots (B, m, H) at rows [n, n + m); `source` is the tensor whose graph they belong to (default slots)."""
-        n, m = state.n, slots.shape[1]
-        while n + m > state.values.shape[1]:
-            self._grow(state)
-        sd = slots.detach()  # detached source and weight: plain stores, nothing recorded
-        w_m = self.key_proj.weight.detach()
-        with torch.autocast(sd.device.type, enabled=False):
-            for j in range(m):  # one slot at a time: the same bits as the fused path's key writes
-                state.values.select(1, n + j).copy_(sd[:, j])
-                torch.mm(state.values.select(1, n + j), w_m.t().to(state.keys.dtype), out=state.keys.select(1, n + j))
-        state.n = state.mailbox.n = n + m
+        n = state.n
+        if n + 1 > state.claimed:
+            # Past the rows this state reserved: reserve more (in place when it holds the newest row and
+            # there is room, in new, larger buffers otherwise).
+            state.buffers = state.buffers.reserve(n, max(1, state.buffers.capacity - n), self.key_proj.weight)
+            state.claimed = state.buffers.used
+        buf = state.buffers
+        with torch.no_grad(), torch.autocast(h.device.type, enabled=False):
+            buf.values.select(1, n).copy_(h.detach())
+        buf.write_keys(n, n + 1, self.key_proj.weight)
+        state.n = state.mailbox.n = n + 1
         if torch.is_grad_enabled():
             token = state.token
             if token is None:
-                token = slots.new_zeros((), dtype=state.values.dtype).requires_grad_(True)  # the chain's leaf
-            state.token = _Write.apply(state.mailbox, n, n + m, token, source if source is not None else slots)
-
-    @staticmethod
-    def _grow(state: MemoryState) -> None:
-        # A new buffer of twice the capacity; views of the old one held by earlier steps stay valid.
-        n = state.n
-        old_v, old_k = state.values, state.keys
-        state.values = old_v.new_zeros((old_v.shape[0], 2 * old_v.shape[1], old_v.shape[2]))
-        state.keys = old_k.new_zeros((old_k.shape[0], 2 * old_k.shape[1], old_k.shape[2]))
-        state.values[:, :n] = old_v[:, :n]
-        state.keys[:, :n] = old_k[:, :n]
+                token = h.new_zeros((), dtype=buf.values.dtype).requires_grad_(True)  # the chain's leaf
+            state.token = _Write.apply(state.mailbox, n, n + 1, token, h.unsqueeze(1))
 
     def attend(self, state: MemoryState, h_hat: Tensor) -> Attention:
         """Sparse attention of the provisional state h_hat (B, H) over the slots written so far.
@@ -349,9 +379,10 @@ class SparseAttentiveMemory(nn.Module):
         return Attention(*out)
 
     def export(self, state: MemoryState) -> Tensor:
-        """The slots (B, n, H), connected to the sequence's graph through the mailbox (sparse replay)."""
+        """The slots (B, n, H), connected to the sequence's graph through the mailbox (sparse replay). An alias
+        of the buffers' first n rows, not a copy: rows below n never change."""
         if not torch.is_grad_enabled() or state.token is None:
-            return state.values[:, : state.n].clone()
+            return alias(state.values, state.n)
         return _Export.apply(state.mailbox, state.values, state.n, state.token)
 
     def extra_repr(self) -> str:

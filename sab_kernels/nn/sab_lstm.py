@@ -22,41 +22,9 @@ from ..kernels import resolve_backend
 from ..kernels import sab_lstm_cpu
 from ..reference import EPS
 from .memory import SparseAttentiveMemory
+from .state import SABState, remember, resolve_hx
 
 PATHS = ("auto", "fused", "step")
-
-
-class SABState(tuple):
-    """(h_n, c_n), each (1, B, H), as `nn.LSTM` returns them, carrying the rest of the sequence's state:
-
-    memory: (B, n, H) the slots written so far (graph-connected: gradient from a later chunk reaches them
-        through sparse replay), or None without memory (k_top = 0);
-    step: the number of steps run so far (the phase of truncation and slot writes).
-
-    Unpacks like nn.LSTM's `(h, c)`; pass it back as `hx` to continue the sequence, or `state.detach()` to
-    carry it across batches without gradient (stateful training of a language model).
-    """
-
-    def __new__(cls, h: Tensor, c: Tensor, memory: Optional[Tensor] = None, step: int = 0):
-        self = super().__new__(cls, (h, c))
-        self.memory, self.step = memory, int(step)
-        return self
-
-    def __reduce__(self):
-        return (SABState, (self[0], self[1], self.memory, self.step))
-
-    @property
-    def h(self) -> Tensor:
-        return self[0]
-
-    @property
-    def c(self) -> Tensor:
-        return self[1]
-
-    def detach(self) -> "SABState":
-        """The same state cut from the graph."""
-        mem = self.memory.detach() if self.memory is not None else None
-        return SABState(self[0].detach(), self[1].detach(), mem, self.step)
 
 
 def _check_count(name: str, value, low: int, allow_none: bool = False) -> None:
@@ -165,59 +133,39 @@ class SABLSTM(nn.Module):
         if self.batch_first:
             x = x.transpose(0, 1)
         T, B, _ = x.shape
-        h, c, memory, step0 = self._initial_state(x, hx)
+        start = resolve_hx(self, x, hx, self.hidden_size, self.memory is not None)
+        h, c, memory, slots, step0 = start
         if T == 0 or B == 0:
             out = x.new_zeros((T, B, self.output_size))
             if self.batch_first:
                 out = out.transpose(0, 1)
-            return out, SABState(h.unsqueeze(0), c.unsqueeze(0), memory, step0 + T)
+            return out, SABState(h.unsqueeze(0), c.unsqueeze(0), memory, step0 + T, slots=slots)
         if self.uses_fused_path(x, trace):
-            out, h, c, memory = self._forward_fused(x, h, c, memory, step0)
+            out, h, c, memory, slots = self._forward_fused(x, h, c, memory, slots, step0)
         else:
-            out, h, c, memory = self._forward_steps(x, h, c, memory, step0, trace)
+            out, h, c, memory, slots = self._forward_steps(x, h, c, memory, slots, step0, trace)
         if self.batch_first:
             out = out.transpose(0, 1)
-        return out, SABState(h.unsqueeze(0), c.unsqueeze(0), memory, step0 + T)
+        state = SABState(h.unsqueeze(0), c.unsqueeze(0), memory, step0 + T, slots=slots)
+        remember(self, state)
+        return out, state
 
-    def _initial_state(self, x: Tensor, hx) -> Tuple[Tensor, Tensor, Optional[Tensor], int]:
-        """(h0 (B, H), c0 (B, H), memory (B, n0, H) or None, step0) from hx (see forward)."""
-        T, B, _ = x.shape
-        H = self.hidden_size
-        if hx is None:
-            h, c = x.new_zeros((B, H)), x.new_zeros((B, H))
-        else:
-            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-                raise TypeError(f"hx must be (h0, c0) or a SABState, got {type(hx).__name__}")
-            h, c = hx
-            for name, t in (("h0", h), ("c0", c)):
-                if not isinstance(t, Tensor) or t.shape not in ((1, B, H), (B, H)):
-                    shape = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
-                    raise ValueError(f"hx: {name} must have shape (1, B, H) = (1, {B}, {H}) or (B, H), got {shape}")
-            h, c = h.reshape(B, H), c.reshape(B, H)
-        memory = getattr(hx, "memory", None)
-        step0 = getattr(hx, "step", 0)
-        if self.memory is not None:
-            if memory is None:
-                memory = h.unsqueeze(1)  # a new sequence: the memory starts with one slot holding h0
-            elif memory.dim() != 3 or memory.shape[0] != B or memory.shape[2] != H or memory.shape[1] < 1:
-                raise ValueError(f"hx.memory must have shape (B, n, H) = ({B}, n >= 1, {H}), got {tuple(memory.shape)}")
-        return h, c, memory if self.memory is not None else None, step0
-
-    def _forward_fused(self, x, h, c, memory, step0):
+    def _forward_fused(self, x, h, c, memory, slots, step0):
         mem = self.memory
         attention = None
         if mem is not None:
             attention = (mem.query_proj.weight, mem.query_proj.bias, mem.key_proj.weight, mem.score_weight)
+            if memory.dtype != x.dtype:  # under autocast a state may come from the per-step path's dtypes
+                memory, slots = memory.to(x.dtype), None
         cell = (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
-        empty = x.new_empty((x.shape[1], 0, self.hidden_size))
-        out, h, c, values = sab_lstm_cpu.sequence(
-            x, h, c, memory if memory is not None else empty, cell, attention,
+        out, h, c, values, slots = sab_lstm_cpu.sequence(
+            x, h.to(x.dtype), c.to(x.dtype), memory, slots, cell, attention,
             mem.k_top if mem is not None else 0, self.k_att, self.k_trunc or 0, step0,
             eps=mem.eps if mem is not None else EPS,
         )
-        return out, h, c, values if mem is not None else None
+        return out, h, c, (values if mem is not None else None), slots
 
-    def _forward_steps(self, x, h, c, memory, step0, trace):
+    def _forward_steps(self, x, h, c, memory, slots, step0, trace):
         T, B, _ = x.shape
         H = self.hidden_size
         # The input half of every gate at once: one (T*B, I) x (I, 4H) matmul instead of T small ones.
@@ -225,7 +173,8 @@ class SABLSTM(nn.Module):
         gates_x = gates_x.unbind(0)  # one backward node; indexing gates_x[t] would zero-fill (T, B, 4H) per step
         w_hh_t = self.weight_hh.t()
         mem = self.memory
-        state = mem.start(memory, capacity=memory.shape[1] + T // self.k_att + 1) if mem is not None else None
+        writes = sab_lstm_cpu.slots_written(T, step0, self.k_att)
+        state = mem.start(memory, memory.shape[1] + writes, buffers=slots) if mem is not None else None
         zeros = x.new_zeros((B, H))
         hs: List[Tensor] = []
         ss: List[Tensor] = []
@@ -256,7 +205,9 @@ class SABLSTM(nn.Module):
             hs.append(h)
             ss.append(s)
         out = torch.cat([torch.stack(hs), torch.stack(ss)], dim=2)
-        return out, h, c, (mem.export(state) if mem is not None else None)
+        if mem is None:
+            return out, h, c, None, None
+        return out, h, c, mem.export(state), state.buffers
 
     def extra_repr(self) -> str:
         return (f"{self.input_size}, {self.hidden_size}, k_top={self.k_top}, k_att={self.k_att}, "
