@@ -1,6 +1,6 @@
 """`python -m sab_kernels.evaluate MODEL.pt [--seq-len 100,5000]`: re-evaluate a shipped model on fresh data.
 
-MODEL.pt is a model file (sab_kernels/model_file.py; `sab-train` writes OUT/model.pt). Copy models are
+MODEL.pt is a model file (sab_kernels/training/model_file.py; `sab-train` writes OUT/model.pt). Copy models are
 evaluated at every delay of --seq-len (default: the delay they were trained at), which is the paper's transfer
 experiment; models of the other tasks on their own evaluation set. Prints a table, then one JSON line:
 {"model": ..., "task": ..., "results": {"100": {"acc10": ..., "ce10": ..., "loss": ...}, ...}}.
@@ -12,9 +12,14 @@ import argparse
 import json
 import os
 import sys
-from typing import Dict, List, Optional
+from typing import List, Optional
 
 import torch
+
+from .tasks import copy_transfer, make_task
+from .tasks.chars import evaluate_streams
+from .training.evaluation import evaluate_task
+from .training.model_file import load_model
 
 
 def _lengths(text: str) -> List[int]:
@@ -47,21 +52,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     return args
 
 
-@torch.no_grad()
-def evaluate_task(model, task, n_examples: int, batch_size: int, seed: int, device, split: str = "test") -> Dict[str, float]:
-    """Metrics of `model` on `n_examples` examples of `task`'s `split`, averaged with batch-size weights."""
-    sums, count = {}, 0
-    for x, y in task.eval_batches(batch_size, n_examples, seed=seed, device=device, split=split):
-        for k, v in task.metrics(model(x), y).items():
-            sums[k] = sums.get(k, 0.0) + v * x.shape[0]
-        count += x.shape[0]
-    return {k: v / count for k, v in sums.items()}
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
-    from .model_file import load_model
-    from .tasks import copy_transfer, make_task
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -83,8 +75,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         task = make_task(task_info["name"], task_info["seq_len"], task_info["input"], task_info["data"],
                          task_info["permute"], task_info["seed"])
         if task_info.get("stateful"):  # the whole test split as streams, state carried (--examples unused)
-            from .tasks.chars import evaluate_streams
-
             metrics = evaluate_streams(model, task, args.batch_size, task_info["memory_window"], args.device)
         else:
             metrics = evaluate_task(model, task, args.examples, args.batch_size, args.seed, args.device)

@@ -15,7 +15,9 @@ import os
 import sys
 from typing import List, Optional
 
-from . import train
+from .training.args import parse_args
+from .training.loop import run
+from .training.records import read_rows
 
 PAPER = "paper (T=100, GPU-scale training): TBPTT k_trunc=5 31%, SAB k_trunc=5 k_top=5 100%"
 
@@ -63,9 +65,9 @@ def main(argv: Optional[List[str]] = None) -> dict:
                     "--threads", str(a.threads), "--out", os.path.join(a.out, model), "--overwrite"]
         if a.no_progress:
             argv_run.append("--no-progress")
-        args = train.parse_args(argv_run)
-        finals[model] = train.run(args)
-        results[model] = train.read_rows(os.path.join(args.out, "metrics.csv"))
+        args = parse_args(argv_run)
+        finals[model] = run(args)
+        results[model] = read_rows(os.path.join(args.out, "metrics.csv"))
     plot = os.path.join(a.out, "demo_copy.png")
     _plot(results, plot, f"copy T={a.seq_len}: SAB vs truncated BPTT ({a.steps} steps)")
     print(f"\ncopy memory, T={a.seq_len} (sequence {a.seq_len + 20}), hidden 64, batch 64, {a.steps} Adam steps, lr {a.lr}")

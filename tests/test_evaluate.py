@@ -1,4 +1,4 @@
-"""Model files (sab_kernels/model_file.py) and `python -m sab_kernels.evaluate`: a saved model rebuilds to the
+"""Model files (sab_kernels/training/model_file.py) and `python -m sab_kernels.evaluate`: a saved model rebuilds to the
 same function, re-evaluates to the numbers of a direct evaluation, and nothing but a model file loads."""
 
 import json
@@ -58,6 +58,10 @@ def test_only_model_files_load(tmp_path):
         load_model(str(truncated))
 
 
+class _Plain:
+    pass
+
+
 class _Payload:
     def __reduce__(self):
         return (os.system, ("echo pwned > /dev/null",))
@@ -67,8 +71,24 @@ def test_a_file_that_would_run_code_is_refused(tmp_path):
     evil = tmp_path / "evil.pt"
     with open(evil, "wb") as f:
         pickle.dump({"format": "sab-kernels/model", "payload": _Payload()}, f)
-    with pytest.raises(ValueError, match="not a readable"):
+    with pytest.raises(ValueError, match="not a readable") as exc:
         load_model(str(evil))
+    assert "weights_only" not in str(exc.value)  # never advise turning the safety check off
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_evaluate_on_a_file_that_is_no_model_says_so_in_one_line(tmp_path, capsys):
+    """A pickle with code, a torch.save of a Python object and a text file: one line on stderr, exit 2, and none
+    of torch's advice to retry with weights_only=False."""
+    files = {"evil.pt": lambda p: pickle.dump({"payload": _Payload()}, open(p, "wb")),
+             "object.pt": lambda p: torch.save({"x": _Plain()}, p),
+             "notes.txt": lambda p: open(p, "w").write("not a model")}
+    for name, write in files.items():
+        path = str(tmp_path / name)
+        write(path)
+        assert evaluate.main([path]) == 2, name
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "not a" in err and "weights_only" not in err, (name, err)
 
 
 def test_a_failed_save_leaves_the_previous_file(tmp_path, monkeypatch):

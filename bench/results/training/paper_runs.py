@@ -15,7 +15,7 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(HERE))))
-from sab_kernels.train import read_rows  # noqa: E402
+from sab_kernels.training.records import read_rows  # noqa: E402
 
 GROUPS = {  # folder: (title, metric, higher is better, target)
     "copy_T100_h128": ("copy T=100", "acc10", True, 0.99),

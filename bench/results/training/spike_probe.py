@@ -22,7 +22,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(HERE))))
 from sab_kernels.nn import SparseAttentiveMemory, build_model  # noqa: E402
 from sab_kernels.tasks import make_task  # noqa: E402
-from sab_kernels.train import _batch_generator  # noqa: E402
+from sab_kernels.training.loop import batch_generator  # noqa: E402
 
 real_append = SparseAttentiveMemory.append
 
@@ -53,7 +53,7 @@ def run(T, updates):
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     rows = []
     for step in range(updates):
-        x, y = task.batch(64, _batch_generator(1, 0, step))
+        x, y = task.batch(64, batch_generator(1, 0, step))
         cut, cut_steps = grads(model, task, x, y, hops=False)
         full, full_steps = grads(model, task, x, y, hops=True)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -9,7 +9,7 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(HERE))))
-from sab_kernels.train import read_rows  # noqa: E402
+from sab_kernels.training.records import read_rows  # noqa: E402
 
 ORDER = {"sab": 0, "dense": 1, "tbptt": 2, "bptt": 3, "lstm": 4}
 COLOR = {"sab": "C0", "dense": "C4", "tbptt": "C1", "bptt": "C3", "lstm": "C2"}

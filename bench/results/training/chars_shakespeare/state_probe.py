@@ -21,7 +21,7 @@ sys.path.insert(0, ROOT)
 from sab_kernels.nn import SABState, build_model  # noqa: E402
 from sab_kernels.nn.models import carry_state  # noqa: E402
 from sab_kernels.tasks import make_task  # noqa: E402
-from sab_kernels.train import load_checkpoint  # noqa: E402
+from sab_kernels.training.checkpoint import load_checkpoint  # noqa: E402
 
 
 def newest_only(state, window):
