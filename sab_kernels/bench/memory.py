@@ -4,7 +4,7 @@ CUDA: in process, `torch.cuda.max_memory_allocated()` above the bytes allocated 
 (`timing.peak_memory`).
 
 CPU: the growth of the resident set, peak VmHWM minus VmRSS before the run, measured in a separate worker
-process (`python -m sab_kernels.bench.memory`) so the timing process's allocator is left as it is. The
+process (`python -m sab_kernels.bench.memory_worker`, which no module imports) so the timing process's allocator is left as it is. The
 worker makes every allocation of 64 KiB or more its own mmap (glibc `M_MMAP_THRESHOLD`), so freed memory
 leaves the resident set at once and the high-water mark is exact to a page; it resets the mark through
 /proc/self/clear_refs just before the run. This counts everything that is really resident: tensors, the
@@ -18,17 +18,15 @@ the report says which method was used.
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
-import gc
 import json
 import os
 import subprocess
 import sys
-from typing import Callable, Optional
+from typing import Optional
 
-M_MMAP_THRESHOLD = -3
 PROTOCOL_FD_ENV = "SAB_BENCH_MEMORY_FD"
+WORKER_MODULE = "sab_kernels.bench.memory_worker"  # the worker's side: memory_worker.py
 
 RSS_METHOD = ("peak resident-set growth (VmHWM - VmRSS) of one run after a warm-up run, in a separate worker "
               "process that maps every allocation >= 64 KiB on its own so freed memory leaves the RSS; counts all "
@@ -37,107 +35,6 @@ RSS_METHOD = ("peak resident-set growth (VmHWM - VmRSS) of one run after a warm-
 PROFILER_METHOD = ("PyTorch CPU allocator bytes (torch.profiler profile_memory), peak above the bytes live before the "
                    "run; does not see memory a kernel maps itself (the C++ kernels' lazily zeroed gradients)")
 
-
-# ------------------------------------------------------------------------------------------- the worker
-
-def _status_bytes(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def _reset_high_water_mark() -> None:
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-
-
-def rss_peak_bytes(call: Callable[[], None]) -> int:
-    """Peak resident bytes during call() above those resident before it (Linux)."""
-    gc.collect()
-    try:
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-    base = _status_bytes("VmRSS")
-    _reset_high_water_mark()
-    call()
-    return max(0, _status_bytes("VmHWM") - base)
-
-
-class _Worker:
-    def __init__(self):
-        self.inputs = {}
-        self.impls = {}
-
-    def op(self, req):
-        from .registry import OpCase, implementations
-        from .runner import mode_callables
-
-        case = OpCase(**{**req["case"], "modes": tuple(req["case"]["modes"])})
-        if case.key not in self.inputs:
-            self.inputs = {case.key: case.make_inputs("cpu")}  # one case at a time
-        if req["impl"] not in self.impls:
-            self.impls[req["impl"]] = implementations("cpu", [req["impl"]])[0][0]
-        fn, setup, leaves = mode_callables(self.impls[req["impl"]], self.inputs[case.key], case.k_top, req["mode"],
-                                           case.upstream_grad("cpu"))
-        return self._measure(fn, setup, leaves)
-
-    def lstm(self, req):
-        from .sections import lstm_step
-
-        step = lstm_step("cpu", req["quick"], req["T"], req["name"])
-        return self._measure(step, None, ())
-
-    @staticmethod
-    def _measure(fn, setup, leaves):
-        def once(measure):
-            for leaf in leaves:
-                leaf.grad = None
-            arg = setup() if setup is not None else None
-            call = (lambda: fn(arg)) if setup is not None else fn
-            return rss_peak_bytes(call) if measure else call()
-
-        once(False)  # warm-up: compilation, lazy initialisation, optimizer state
-        return once(True)
-
-
-def serve() -> None:
-    """Answer JSON requests, one per line on stdin, on the protocol fd; everything else goes to stderr."""
-    try:
-        ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, 64 * 1024)
-    except (OSError, AttributeError):
-        pass
-    out = os.fdopen(int(os.environ.get(PROTOCOL_FD_ENV, "1")), "w", buffering=1)
-    os.dup2(2, 1)  # stray prints (C or Python) must not reach the protocol
-    import warnings
-
-    warnings.simplefilter("ignore")
-    import torch
-
-    worker = _Worker()
-    for line in sys.stdin:
-        req = json.loads(line)
-        try:
-            if req["kind"] == "init":
-                if req.get("threads"):
-                    torch.set_num_threads(req["threads"])
-                _reset_high_water_mark()
-                _status_bytes("VmHWM")
-                reply = {"ok": True, "value": torch.get_num_threads()}
-            elif req["kind"] == "op":
-                reply = {"ok": True, "value": worker.op(req)}
-            elif req["kind"] == "lstm":
-                reply = {"ok": True, "value": worker.lstm(req)}
-            else:
-                reply = {"ok": False, "error": f"unknown request {req['kind']!r}"}
-        except Exception as exc:  # noqa: BLE001 - report, keep serving
-            reply = {"ok": False, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
-        out.write(json.dumps(reply) + "\n")
-
-
-# --------------------------------------------------------------------------------------- the parent side
 
 @dataclasses.dataclass
 class MemoryMeter:
@@ -163,7 +60,7 @@ class MemoryMeter:
         env[PROTOCOL_FD_ENV] = str(write_fd)
         env["OMP_WAIT_POLICY"] = "PASSIVE"  # idle worker threads must not spin on cores the timing process uses
         try:
-            self.proc = subprocess.Popen([sys.executable, "-m", "sab_kernels.bench.memory"], stdin=subprocess.PIPE,
+            self.proc = subprocess.Popen([sys.executable, "-m", WORKER_MODULE], stdin=subprocess.PIPE,
                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, text=True,
                                          pass_fds=(write_fd,))
         except OSError as exc:
@@ -230,6 +127,3 @@ class MemoryMeter:
                 self.proc.kill()
             self.proc = None
 
-
-if __name__ == "__main__":
-    serve()

@@ -11,6 +11,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 
 from . import timing
+from .memory import MemoryMeter
 from .registry import Impl, OpCase
 from .verify import Verdict, reference_result, verify
 
@@ -86,8 +87,6 @@ def run_op(
     """Rows for the op section. Sizes shared by several sweeps are measured once and reported in each.
 
     `memory`: a `memory.MemoryMeter` (default: in process, no worker)."""
-    from .memory import MemoryMeter
-
     memory = memory or MemoryMeter(device, use_worker=False)
     rows: List[Dict] = []
     done: Dict[tuple, Dict] = {}

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from . import timing
+from .memory import MemoryMeter
 from .registry import fused_backend
 from .runner import _row
 
@@ -217,8 +218,6 @@ def lstm_step(device: str, quick: bool, T: int, name: str) -> Callable[[], None]
 def run_lstm(device: str, quick: bool, timing_cfg: timing.TimingConfig, T_values: Optional[Sequence[int]] = None,
              limit_s: float = 20.0, progress: Optional[Callable[[str], None]] = None, memory=None) -> Tuple[List[Dict], List[str]]:
     """One training step (forward, cross-entropy at every step, backward, Adam) per model and T."""
-    from .memory import MemoryMeter
-
     memory = memory or MemoryMeter(device, use_worker=False)
     cfg, T_list = lstm_setup(quick, T_values)
     tick = progress or (lambda _d: None)
