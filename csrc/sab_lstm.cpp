@@ -466,7 +466,10 @@ std::vector<at::Tensor> backward_typed(const at::Tensor& grad_out, const at::Ten
     }
     g_mem = mail.narrow(1, 0, n0).clone();
   } else {
-    g_wq = g_bq = g_wm = at::empty({0}, opts);
+    // Distinct empty tensors: a custom op's outputs may not alias each other (sab_lstm_op.py).
+    g_wq = at::empty({0}, opts);
+    g_bq = at::empty({0}, opts);
+    g_wm = at::empty({0}, opts);
     g_mem = at::empty({0}, opts);
   }
   return {grad_x, g_h, g_c, g_mem, g_w_ih, g_w_hh, g_bias, g_wq, g_bq, g_wm, g_w,
