@@ -41,8 +41,11 @@ bench: install
 bench-quick: install
 	$(PY) -m sab_kernels.bench --quick --out bench/results/cpu-quick
 
+# Into runs/ by default, so a user's run never overwrites the committed results (bench/results/cpu-lstm-table).
+BENCH_LSTM_OUT ?= runs/bench-lstm
 bench-lstm: install
-	$(PY) -m sab_kernels.bench.lstm_table --threads 1 --out bench/results/cpu-lstm-table
+	$(PY) -m sab_kernels.bench.lstm_table --threads 1 --out $(BENCH_LSTM_OUT)
+	$(PY) -m sab_kernels.bench.lstm_state --threads 1 --out $(BENCH_LSTM_OUT)
 
 bench-cuda: install
 	$(PY) -m sab_kernels.bench --device cuda --out bench/results/cuda
