@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from ..kernels import resolve_backend
 from ..kernels import sab_lstm_cpu
+from ..kernels.input_projection import input_projection
 from ..reference import EPS
 from .memory import SparseAttentiveMemory
 from .state import SABState, remember, resolve_hx
@@ -169,7 +170,7 @@ class SABLSTM(nn.Module):
         T, B, _ = x.shape
         H = self.hidden_size
         # The input half of every gate at once: one (T*B, I) x (I, 4H) matmul instead of T small ones.
-        gates_x = torch.addmm(self.bias_ih + self.bias_hh, x.reshape(T * B, -1), self.weight_ih.t()).view(T, B, 4 * H)
+        gates_x = input_projection(x.reshape(T * B, -1), self.weight_ih, self.bias_ih + self.bias_hh).view(T, B, 4 * H)
         gates_x = gates_x.unbind(0)  # one backward node; indexing gates_x[t] would zero-fill (T, B, 4H) per step
         w_hh_t = self.weight_hh.t()
         mem = self.memory
