@@ -77,7 +77,7 @@ def visited_fraction(T: int, H: int, k_att: int) -> float:
     h0 = x.new_zeros(1, H)
     stats: Dict[str, int] = {}
     out, *_ = sab_lstm_cpu.sequence(
-        x, h0, h0, h0.unsqueeze(1), (core.weight_ih, core.weight_hh, core.bias_ih, core.bias_hh),
+        x, h0, h0, h0.unsqueeze(1), None, (core.weight_ih, core.weight_hh, core.bias_ih, core.bias_hh),
         (mem.query_proj.weight, mem.query_proj.bias, mem.key_proj.weight, mem.score_weight),
         K_TOP, k_att, K_TRUNC, stats=stats,
     )

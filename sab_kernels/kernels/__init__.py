@@ -48,7 +48,14 @@ def resolve_backend(backend: str, device: torch.device) -> str:
 _MODULES = {"triton": ".triton_backend", "cpu": ".cpu_backend", "reference": ".reference_backend"}
 
 
-@functools.lru_cache(maxsize=None)
+_LOADED: dict = {}
+
+
 def get_backend(name: str):
-    """The module implementing backend `name` (imported on first use, so triton is optional on CPU)."""
-    return importlib.import_module(_MODULES[name], __name__)
+    """The module implementing backend `name` (imported on first use, so triton is optional on CPU). A plain
+    dict, not functools.lru_cache: torch.compile traces a dict lookup, where it would break the graph at the
+    cache wrapper and at import_module."""
+    module = _LOADED.get(name)
+    if module is None:
+        module = _LOADED[name] = importlib.import_module(_MODULES[name], __name__)
+    return module

@@ -118,8 +118,8 @@ class SlotBuffers:
         both paths (a batched product may round differently)."""
         w_t = key_weight.detach().t().to(self.keys.dtype)
         with torch.no_grad(), torch.autocast(self.values.device.type, enabled=False):
-            for j in range(j0, j1):
-                torch.mm(self.values.select(1, j), w_t, out=self.keys.select(1, j))
+            for j in range(j0, j1):  # (not mm's out=: a strided out= breaks a torch.compile graph)
+                self.keys.select(1, j).copy_(torch.mm(self.values.select(1, j), w_t))
 
     def stamp_keys(self, key_weight: Tensor) -> None:
         """Record that the keys written so far were computed with `key_weight`."""

@@ -381,6 +381,8 @@ class SparseAttentiveMemory(nn.Module):
     def export(self, state: MemoryState) -> Tensor:
         """The slots (B, n, H), connected to the sequence's graph through the mailbox (sparse replay). An alias
         of the buffers' first n rows, not a copy: rows below n never change."""
+        if torch.compiler.is_compiling():  # an alias is made with set_(), which Dynamo cannot trace
+            return state.values[:, : state.n].clone()
         if not torch.is_grad_enabled() or state.token is None:
             return alias(state.values, state.n)
         return _Export.apply(state.mailbox, state.values, state.n, state.token)
