@@ -167,3 +167,17 @@ def test_cli_end_to_end(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| T |" in out and "dense topk" in out and "Per-call overhead" in out
     assert (tmp_path / "results.csv").exists() and (tmp_path / "results.md").exists()
+
+
+def test_lstm_state_rows_streaming_and_chunked(one_thread, tmp_path):
+    """The streaming and chunked rows of `make bench-lstm` at toy sizes: every model has a row, the table and
+    the verdicts are written (the ratios themselves are measured, never asserted)."""
+    from sab_kernels.bench import lstm_state
+
+    rows = lstm_state.streaming(8, 2, 8, ("nn.LSTM", "SAB fused", "SAB per-step"))
+    rows += lstm_state.chunked(16, 2, 8, 4, ("SAB fused",), threads=1)
+    assert [r["model"] for r in rows] == ["nn.LSTM", "SAB fused", "SAB per-step", "SAB fused"]
+    assert all(r["ratio"] > 0 for r in rows)
+    text = lstm_state.write(rows, str(tmp_path), "# header")
+    assert "one step per call" in text and "chunked" in text and "SAB fused streaming" in text
+    assert (tmp_path / "lstm_state.csv").read_text().count("\n") == 5
