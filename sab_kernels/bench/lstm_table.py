@@ -69,14 +69,14 @@ def step_fn(model: nn.Module, T: int, B: int, H: int, mode: str):
 
 def visited_fraction(T: int, H: int, k_att: int) -> float:
     """Steps the fused backward replays when the loss reads only the last step of one sequence, over T."""
-    from ..kernels import sab_lstm_cpu
+    from ..kernels import sab_lstm_fused
 
     core = build("SAB fused", H, k_att).core
     mem = core.memory
     x = torch.randn(T, 1, H, generator=torch.Generator().manual_seed(T))
     h0 = x.new_zeros(1, H)
     stats: Dict[str, int] = {}
-    out, *_ = sab_lstm_cpu.sequence(
+    out, *_ = sab_lstm_fused.sequence(
         x, h0, h0, h0.unsqueeze(1), None, (core.weight_ih, core.weight_hh, core.bias_ih, core.bias_hh),
         (mem.query_proj.weight, mem.query_proj.bias, mem.key_proj.weight, mem.score_weight),
         K_TOP, k_att, K_TRUNC, stats=stats,
@@ -186,9 +186,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         p.error(f"--threads must be >= 1, got {args.threads}")
     if args.per_step_max_T < 1:
         p.error(f"--per-step-max-T must be >= 1, got {args.per_step_max_T}")
-    from ..kernels import sab_lstm_cpu
+    from ..kernels import sab_lstm_fused
 
-    reason = sab_lstm_cpu.unsupported_reason(torch.zeros(1))
+    reason = sab_lstm_fused.unsupported_reason(torch.zeros(1))
     if reason is not None:
         p.error(f"the fused SAB-LSTM path is unavailable: {reason}")
     out = args.out or os.path.join("bench", "results", "cpu-lstm-table" + ("-quick" if args.quick else ""))

@@ -1,12 +1,12 @@
 """The fused SAB-LSTM sequence as `torch.library` custom ops, so torch.compile(fullgraph=True) traces it.
 
     sab::lstm_sequence_forward(x, h0, c0, memory, weight_ih, weight_hh, bias_ih, bias_hh, W_h?, b?, W_m?, w?,
-                               k_top, k_att, k_trunc, step0, eps)
+                               k_top, k_att, k_trunc, step0, eps, backend)
         -> (out (T, B, 2H), h_n (B, H), c_n (B, H), memory_out (B, S, H), and what the backward reads)
     sab::lstm_sequence_backward(...) -> the gradients of the forward's tensor inputs
 
-Both run the C++ kernels of csrc/sab_lstm.cpp, as the eager path (`sab_lstm_cpu._FusedSequence`) does, so
-the two give bitwise-equal results (tested). A custom op must be a pure function: it cannot append into
+Both run the kernels of `backend` ("cpu": the C++ kernels of csrc/sab_lstm.cpp; "triton": sab_lstm_triton.py),
+as the eager path (`sab_lstm_fused._FusedSequence`) does, so the two give equal results (tested). A custom op must be a pure function: it cannot append into
 buffers that another tensor aliases, so here the memory is copied into fresh buffers of exactly S slots and
 the earlier slots' keys are recomputed. That is O(n) per call: fine for a compiled model that runs whole
 sequences or long chunks; streaming one step per call belongs to the eager path.
@@ -23,6 +23,20 @@ from .cpu_backend import _C
 from .slot_buffers import SlotBuffers
 
 
+def cpu_kernels_available() -> bool:
+    return _C is not None and hasattr(_C, "lstm_forward")
+
+
+def kernels(backend: str):
+    """The kernel set of `backend`: an object with lstm_forward and lstm_backward (the contract of
+    csrc/sab_lstm.cpp)."""
+    if backend == "triton":
+        from . import sab_lstm_triton
+
+        return sab_lstm_triton
+    return _C
+
+
 def _slots_after(n0: int, T: int, step0: int, k_att: int) -> int:
     return n0 + (step0 + T) // k_att - step0 // k_att
 
@@ -35,7 +49,7 @@ def _empty(x: Tensor) -> Tensor:
 def _forward_op(
     x: Tensor, h0: Tensor, c0: Tensor, memory: Optional[Tensor], weight_ih: Tensor, weight_hh: Tensor, bias_ih: Tensor,
     bias_hh: Tensor, query_weight: Optional[Tensor], query_bias: Optional[Tensor], key_weight: Optional[Tensor],
-    score_weight: Optional[Tensor], k_top: int, k_att: int, k_trunc: int, step0: int, eps: float,
+    score_weight: Optional[Tensor], k_top: int, k_att: int, k_trunc: int, step0: int, eps: float, backend: str,
 ) -> Tuple[(Tensor,) * 14]:
     bias = (bias_ih + bias_hh).contiguous()
     if k_top > 0:
@@ -46,7 +60,7 @@ def _forward_op(
         att = [t.contiguous() for t in (query_weight, query_bias, key_weight, score_weight)]
     else:
         n0, values, keys, att = 0, _empty(x), _empty(x), [_empty(x)] * 4
-    outs = _C.lstm_forward(x.contiguous(), h0.contiguous(), c0.contiguous(), values, keys, n0, weight_ih.contiguous(),
+    outs = kernels(backend).lstm_forward(x.contiguous(), h0.contiguous(), c0.contiguous(), values, keys, n0, weight_ih.contiguous(),
                            weight_hh.contiguous(), bias, *att, k_top, k_att, k_trunc, step0, eps)
     out, h_n, c_n, G, C, TC, HH, _out, Q, W, IDX, THR, SLOT = outs
     memory_out = values if k_top > 0 else x.new_empty((x.shape[1], 0, h0.shape[1]))
@@ -56,7 +70,7 @@ def _forward_op(
 
 @_forward_op.register_fake
 def _forward_fake(x, h0, c0, memory, weight_ih, weight_hh, bias_ih, bias_hh, query_weight, query_bias, key_weight,
-                  score_weight, k_top, k_att, k_trunc, step0, eps):
+                  score_weight, k_top, k_att, k_trunc, step0, eps, backend):
     T, B, _ = x.shape
     H = h0.shape[1]
     mem = k_top > 0
@@ -77,15 +91,16 @@ def _forward_fake(x, h0, c0, memory, weight_ih, weight_hh, bias_ih, bias_hh, que
 def _backward_op(
     grad_out: Optional[Tensor], grad_h: Optional[Tensor], grad_c: Optional[Tensor], grad_memory: Optional[Tensor],
     inputs: List[Tensor], saved: List[Tensor], n0: int, k_top: int, k_att: int, k_trunc: int, step0: int,
-    need_grad_x: bool, eps: float,
+    need_grad_x: bool, eps: float, backend: str,
 ) -> Tuple[(Tensor,) * 12]:
     x = inputs[0]
     grads = [g.contiguous() if g is not None else _empty(x) for g in (grad_out, grad_h, grad_c, grad_memory)]
-    return tuple(_C.lstm_backward(*grads, inputs, saved, n0, k_top, k_att, k_trunc, step0, need_grad_x, eps))
+    return tuple(kernels(backend).lstm_backward(*grads, inputs, saved, n0, k_top, k_att, k_trunc, step0, need_grad_x, eps))
 
 
 @_backward_op.register_fake
-def _backward_fake(grad_out, grad_h, grad_c, grad_memory, inputs, saved, n0, k_top, k_att, k_trunc, step0, need_grad_x, eps):
+def _backward_fake(grad_out, grad_h, grad_c, grad_memory, inputs, saved, n0, k_top, k_att, k_trunc, step0, need_grad_x, eps,
+                   backend):
     x, h0, c0, values, keys, w_ih, w_hh, bias, wq, bq, wm, w = inputs
     T, B, I = x.shape
     H = h0.shape[1]
@@ -99,34 +114,35 @@ def _backward_fake(grad_out, grad_h, grad_c, grad_memory, inputs, saved, n0, k_t
 
 
 def _setup_context(ctx, inputs, output):
-    x, h0, c0, memory, w_ih, w_hh, b_ih, b_hh, wq, bq, wm, w, k_top, k_att, k_trunc, step0, eps = inputs
+    x, h0, c0, memory, w_ih, w_hh, b_ih, b_hh, wq, bq, wm, w, k_top, k_att, k_trunc, step0, eps, backend = inputs
     out, h_n, c_n, values, keys, G, C, TC, HH, Q, W, IDX, THR, SLOT = output
     ctx.mem = k_top > 0
     att = (wq, bq, wm, w) if ctx.mem else (x.new_empty(0),) * 4
     ctx.save_for_backward(x, h0, c0, values, keys, w_ih, w_hh, (b_ih + b_hh).contiguous(), *att, G, C, TC, HH, out, Q, W,
                           IDX, THR, SLOT)
-    ctx.config = (memory.shape[1] if ctx.mem else 0, k_top, k_att, k_trunc, step0, eps)
+    ctx.config = (memory.shape[1] if ctx.mem else 0, k_top, k_att, k_trunc, step0, eps, backend)
 
 
 def _backward(ctx, g_out, g_h, g_c, g_mem, *_rest):
-    n0, k_top, k_att, k_trunc, step0, eps = ctx.config
+    n0, k_top, k_att, k_trunc, step0, eps, backend = ctx.config
     tensors = list(ctx.saved_tensors)
     inputs, saved = tensors[:12], tensors[12:]
     need_x = ctx.needs_input_grad[0]
     gx, gh0, gc0, gmem, gwih, gwhh, gb, gwq, gbq, gwm, gw, _visited = _backward_op(
-        g_out, g_h, g_c, g_mem, [t.contiguous() for t in inputs], saved, n0, k_top, k_att, k_trunc, step0, need_x, eps
+        g_out, g_h, g_c, g_mem, [t.contiguous() for t in inputs], saved, n0, k_top, k_att, k_trunc, step0, need_x, eps,
+        backend,
     )
     att = (gwq, gbq, gwm, gw) if ctx.mem else (None,) * 4
     return (gx if need_x else None, gh0, gc0, gmem if ctx.mem else None, gwih, gwhh, gb, gb, *att,
-            None, None, None, None, None)
+            None, None, None, None, None, None)
 
 
 _forward_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def sequence(x, h0, c0, memory, w_ih, w_hh, b_ih, b_hh, wq, bq, wm, w, k_top: int, k_att: int, k_trunc: int, step0: int,
-             eps: float) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(out, h_n, c_n, memory_out) through the custom op (the traced twin of `sab_lstm_cpu.sequence`)."""
+             eps: float, backend: str = "cpu") -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(out, h_n, c_n, memory_out) through the custom op (the traced twin of `sab_lstm_fused.sequence`)."""
     outs = _forward_op(x, h0, c0, memory if k_top > 0 else None, w_ih, w_hh, b_ih, b_hh, wq, bq, wm, w, k_top, k_att,
-                       k_trunc, step0, eps)
+                       k_trunc, step0, eps, backend)
     return outs[0], outs[1], outs[2], outs[3]

@@ -13,7 +13,7 @@ chunks of one sequence, the branches of one state, a thread's copy) can share on
   were computed with this very W_m (the same tensor, not written since, equal values); after an optimizer step
   a continuation recomputes all n keys once, into new buffers (earlier chunks' graphs still read the old keys).
 The buffers are plain storage: writers go through raw pointers (the C++ path) or untracked aliases, and the
-graph that makes slots differentiable lives outside them (see sab_kernels/nn/memory.py and sab_lstm_cpu.py).
+graph that makes slots differentiable lives outside them (see sab_kernels/nn/memory.py and sab_lstm_fused.py).
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from ..kernels import resolve_backend
-from ..kernels import sab_lstm_cpu
+from ..kernels import sab_lstm_fused
 from ..kernels.input_projection import input_projection
 from ..reference import EPS
 from .memory import SparseAttentiveMemory
@@ -50,8 +50,10 @@ class SABLSTM(nn.Module):
         batch_first: input (B, T, I) and output (B, T, 2H) instead of (T, B, ...).
         backend: sparse-attention backend of the per-step path ("auto", "cpu", "triton", "reference").
         eps: the sparsifier's epsilon (default 1e-7, the paper's; see `sab_kernels.sparse_attention`).
-        path: "auto" (the fused C++ sequence for CPU float32/float64 tensors when the extension is built and
-            the backend resolves to "cpu"; the per-step path otherwise), "fused" (require it), "step".
+        path: "auto" (a fused sequence when one can run: the C++ kernels for CPU float32/float64 tensors when
+            the extension is built and the backend resolves to "cpu", the Triton kernels for CUDA float32/float64
+            tensors; the per-step path otherwise, `uses_fused_path` says why), "fused" (require it; with
+            backend="triton" also on CPU tensors under TRITON_INTERPRET=1), "step".
 
     forward(x, hx=None, trace=None):
         x: (T, B, I) or (B, T, I) with batch_first.
@@ -114,9 +116,10 @@ class SABLSTM(nn.Module):
         """Whether forward(x) runs the fused sequence kernels (raises if path="fused" and it cannot)."""
         if self.path == "step":
             return False
-        reason = sab_lstm_cpu.unsupported_reason(x)
-        if reason is None and resolve_backend(self.backend, x.device) != "cpu":
-            reason = f"backend {self.backend!r} resolves to {resolve_backend(self.backend, x.device)!r}, not 'cpu'"
+        backend = resolve_backend(self.backend, x.device)
+        reason = sab_lstm_fused.unsupported_reason(x, backend, self.k_top)
+        if reason is None and backend == "triton" and x.device.type != "cuda" and self.path == "auto":
+            reason = "the Triton fused path runs on CPU tensors (the interpreter) only when asked for: path='fused'"
         if reason is None and trace is not None:
             reason = "trace is recorded by the per-step path only"
         if reason is not None and self.path == "fused":
@@ -159,10 +162,10 @@ class SABLSTM(nn.Module):
             if memory.dtype != x.dtype:  # under autocast a state may come from the per-step path's dtypes
                 memory, slots = memory.to(x.dtype), None
         cell = (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
-        out, h, c, values, slots = sab_lstm_cpu.sequence(
+        out, h, c, values, slots = sab_lstm_fused.sequence(
             x, h.to(x.dtype), c.to(x.dtype), memory, slots, cell, attention,
             mem.k_top if mem is not None else 0, self.k_att, self.k_trunc or 0, step0,
-            eps=mem.eps if mem is not None else EPS,
+            eps=mem.eps if mem is not None else EPS, backend=resolve_backend(self.backend, x.device),
         )
         return out, h, c, (values if mem is not None else None), slots
 
@@ -174,7 +177,7 @@ class SABLSTM(nn.Module):
         gates_x = gates_x.unbind(0)  # one backward node; indexing gates_x[t] would zero-fill (T, B, 4H) per step
         w_hh_t = self.weight_hh.t()
         mem = self.memory
-        writes = sab_lstm_cpu.slots_written(T, step0, self.k_att)
+        writes = sab_lstm_fused.slots_written(T, step0, self.k_att)
         state = mem.start(memory, memory.shape[1] + writes, buffers=slots) if mem is not None else None
         zeros = x.new_zeros((B, H))
         hs: List[Tensor] = []

@@ -1,8 +1,10 @@
-"""The fused SAB-LSTM sequence on CPU: one C++ call for the forward of a whole sequence, one for its backward
-(csrc/sab_lstm.cpp). `SABLSTM` picks this path for CPU tensors when the extension is built; the per-step
-path (sab_kernels/nn) is its twin and the tests hold the two equal.
+"""The fused SAB-LSTM sequence: one kernel call for the forward of a whole sequence, one for its backward, on
+either of two kernel sets with one contract: the C++ kernels on CPU (csrc/sab_lstm.cpp, backend "cpu") and the
+Triton kernels (sab_lstm_triton.py, backend "triton": CUDA, or the interpreter). `SABLSTM` picks this path when
+the kernels can run; the per-step path (sab_kernels/nn) is its twin and the tests hold them equal.
 
-    sequence(x, h0, c0, memory, slots, cell, attention, k_top, k_att, k_trunc, step0, stats=None, eps=1e-7)
+    sequence(x, h0, c0, memory, slots, cell, attention, k_top, k_att, k_trunc, step0, stats=None, eps=1e-7,
+             backend="cpu")
         -> (out (T, B, 2H), h_n (B, H), c_n (B, H), memory_out (B, n, H), slots_out)
 
 x (T, B, I); h0, c0 (B, H); memory (B, n0, H) the slots before this call (n0 >= 1; the module passes h0 as
@@ -29,19 +31,25 @@ from torch.autograd.function import once_differentiable
 
 from ..reference import EPS
 from . import sab_lstm_op
-from .cpu_backend import _C
 from .slot_buffers import SlotBuffers, alias
 
 DTYPES = (torch.float32, torch.float64)
+BACKENDS = ("cpu", "triton")
 
 
 def available() -> bool:
-    """True when the compiled extension carries the fused sequence kernels."""
-    return _C is not None and hasattr(_C, "lstm_forward")
+    """True when the compiled extension carries the fused C++ sequence kernels."""
+    return sab_lstm_op.cpu_kernels_available()
 
 
-def unsupported_reason(x: Tensor) -> Optional[str]:
-    """Why the fused path cannot run on x, or None when it can."""
+def unsupported_reason(x: Tensor, backend: str = "cpu", k_top: Optional[int] = 5) -> Optional[str]:
+    """Why the fused path of `backend` cannot run on x with this k_top (None: dense), or None when it can."""
+    if backend == "triton":
+        from . import sab_lstm_triton
+
+        return sab_lstm_triton.unsupported_reason(x, k_top)
+    if backend != "cpu":
+        return f"the fused kernels are C++ (backend 'cpu') and Triton (backend 'triton'), not {backend!r}"
     if not available():
         return "the compiled CPU extension (sab_kernels._C) is not built"
     if x.device.type != "cpu":
@@ -61,7 +69,8 @@ class _FusedSequence(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, config, x, h0, c0, memory, w_ih, w_hh, b_ih, b_hh, wq, bq, wm, w):
-        k_top, k_att, k_trunc, step0, stats, eps, slots, n0 = config
+        k_top, k_att, k_trunc, step0, stats, eps, slots, n0, backend = config
+        kernels = sab_lstm_op.kernels(backend)
         ctx.set_materialize_grads(False)
         empty = x.new_empty(0)
         values, keys = (slots.values, slots.keys) if slots is not None else (empty, empty)
@@ -69,12 +78,12 @@ class _FusedSequence(torch.autograd.Function):
         weights.append((b_ih + b_hh).contiguous())
         weights += [t.contiguous() if t is not None else empty for t in (wq, bq, wm, w)]
         x, h0, c0 = x.contiguous(), h0.contiguous(), c0.contiguous()
-        out, h_n, c_n, *saved = _C.lstm_forward(x, h0, c0, values, keys, n0, *weights, k_top, k_att, k_trunc, step0, eps)
+        out, h_n, c_n, *saved = kernels.lstm_forward(x, h0, c0, values, keys, n0, *weights, k_top, k_att, k_trunc, step0, eps)
         ctx.save_for_backward(x, h0, c0, *weights, *saved)
         # The buffers as plain attributes, not saved tensors: later calls append rows past this call's, which
         # must not count as modifying what this backward reads (it reads rows below S only).
         ctx.buffers = (values, keys)
-        ctx.config = (n0, k_top, k_att, k_trunc, step0, stats, eps)
+        ctx.config = (n0, k_top, k_att, k_trunc, step0, stats, eps, kernels)
         S = n0 + slots_written(x.shape[0], step0, k_att) if k_top > 0 else 0
         memory_out = alias(values, S) if k_top > 0 else x.new_empty((x.shape[1], 0, h0.shape[1]))
         return out, h_n, c_n, memory_out
@@ -82,14 +91,14 @@ class _FusedSequence(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, g_out, g_h, g_c, g_mem):
-        n0, k_top, k_att, k_trunc, step0, stats, eps = ctx.config
+        n0, k_top, k_att, k_trunc, step0, stats, eps, kernels = ctx.config
         x, h0, c0, *rest = ctx.saved_tensors
         inputs = [x, h0, c0, *ctx.buffers, *rest[:7]]
         saved = list(rest[7:])
         empty = x.new_empty(0)
         grads = [g.contiguous() if g is not None else empty for g in (g_out, g_h, g_c, g_mem)]
-        with torch.autocast("cpu", enabled=False):
-            gx, gh0, gc0, gmem, gwih, gwhh, gb, gwq, gbq, gwm, gw, visited = _C.lstm_backward(
+        with torch.autocast(x.device.type, enabled=False):
+            gx, gh0, gc0, gmem, gwih, gwhh, gb, gwq, gbq, gwm, gw, visited = kernels.lstm_backward(
                 *grads, inputs, saved, n0, k_top, k_att, k_trunc, step0, ctx.needs_input_grad[1], eps
             )
         if stats is not None:
@@ -112,19 +121,20 @@ def sequence(
     step0: int = 0,
     stats: Optional[dict] = None,
     eps: float = EPS,
+    backend: str = "cpu",
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Optional[SlotBuffers]]:
-    """Run the whole sequence through the fused kernels (see the module docstring)."""
-    reason = unsupported_reason(x)
+    """Run the whole sequence through the fused kernels of `backend` (see the module docstring)."""
+    reason = unsupported_reason(x, backend, k_top)
     if reason is not None:
         raise RuntimeError(f"the fused SAB-LSTM path cannot run: {reason}")
     attention = tuple(attention) if k_top > 0 else (None,) * 4
     k_top, k_att, k_trunc, step0, eps = int(k_top), int(k_att), int(k_trunc or 0), int(step0), float(eps)
     # Autocast would turn the kernels' matmuls into bfloat16 behind their back: the fused path computes in
     # the parameters' dtype (float32 or float64) and returns that dtype.
-    with torch.autocast("cpu", enabled=False):
+    with torch.autocast(x.device.type, enabled=False):
         if torch.compiler.is_compiling():
             out, h_n, c_n, memory_out = sab_lstm_op.sequence(x, h0, c0, memory, *cell, *attention, k_top, k_att, k_trunc,
-                                                             step0, eps)
+                                                             step0, eps, backend)
             return out, h_n, c_n, memory_out, None
         n0 = 0
         if k_top > 0:
@@ -135,6 +145,6 @@ def sequence(
         else:
             slots, memory = None, None
         out, h_n, c_n, memory_out = _FusedSequence.apply(
-            (k_top, k_att, k_trunc, step0, stats, eps, slots, n0), x, h0, c0, memory, *cell, *attention
+            (k_top, k_att, k_trunc, step0, stats, eps, slots, n0, backend), x, h0, c0, memory, *cell, *attention
         )
         return out, h_n, c_n, memory_out, slots

@@ -1,0 +1,164 @@
+"""Host side of the fused SAB-LSTM sequence in Triton (kernels: sab_lstm_triton_kernels.py).
+
+`lstm_forward` and `lstm_backward` take and return exactly what the C++ kernels' `_C.lstm_forward` and
+`_C.lstm_backward` do (csrc/sab_lstm.cpp), so the autograd glue (sab_lstm_fused.py) and the custom ops
+(sab_lstm_op.py) run either. CUDA tensors, or CPU tensors under TRITON_INTERPRET=1 (CI).
+
+A call is: one GEMM for the input half of every gate, one persistent forward launch (grid B: a program per
+row runs the whole time loop); for the backward one persistent launch and the weight-gradient GEMMs over all
+steps. No host sync: the launch grids and every size are known from the arguments.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from ..reference import EPS
+from . import triton_interpreter_enabled
+from .sab_lstm_triton_kernels import _sab_lstm_bwd_kernel, _sab_lstm_fwd_kernel
+
+DTYPES = (torch.float32, torch.float64)
+MAX_K_PAD = 256  # k_top + 1 rounded up: larger k (dense attention) runs on the per-step path
+
+
+def _pow2(n: int) -> int:
+    return triton.next_power_of_2(max(int(n), 1))
+
+
+def _acc(dtype: torch.dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def slots_after(n0: int, T: int, step0: int, k_att: int) -> int:
+    return n0 + (step0 + T) // k_att - step0 // k_att
+
+
+def unsupported_reason(x: Tensor, k_top: Optional[int]) -> Optional[str]:
+    """Why the Triton fused path cannot run on x with this k_top (None: dense), or None when it can."""
+    if x.device.type != "cuda" and not triton_interpreter_enabled():
+        return f"the Triton kernels need CUDA tensors (or TRITON_INTERPRET=1), got {x.device}"
+    if x.dtype not in DTYPES:
+        return f"the Triton fused path supports float32 and float64, got {x.dtype}"
+    if k_top is None or _pow2(k_top + 1) > MAX_K_PAD:
+        return (f"k_top={k_top} keeps more than {MAX_K_PAD - 1} slots (dense attention): its top-k set would not fit "
+                "a program's registers")
+    return None
+
+
+def _blocks(H: int, D: int, interpreted: bool):
+    """(H_PAD, D_PAD, BLOCK_T, BLOCK_D, BLOCK_H). The interpreter runs one program after another on numpy:
+    large tiles are fastest there; on a GPU, tiles of about 4K elements per program."""
+    H_PAD, D_PAD = _pow2(H), _pow2(max(D, 1))
+    if interpreted:
+        return H_PAD, D_PAD, 64, min(D_PAD, 256), min(H_PAD, 256)
+    block_d = min(D_PAD, 128)
+    return H_PAD, D_PAD, max(16, 4096 // block_d), block_d, min(H_PAD, 64)
+
+
+def lstm_forward(x, h0, c0, values, keys, n0: int, w_ih, w_hh, bias, wq, bq, wm, w, k_top: int, k_att: int,
+                 k_trunc: int, step0: int, eps: float) -> List[Tensor]:
+    """(out, h_n, c_n, G, C, TC, HH, out, Q, W, IDX, THR, SLOT), as `_C.lstm_forward` (see the module docstring)."""
+    T, B, I = x.shape
+    H = h0.shape[1]
+    mem = k_top > 0
+    D = wq.shape[0] if mem else 0
+    S = slots_after(n0, T, step0, k_att) if mem else 0
+    k = min(k_top, S) if mem else 0
+    Tm = T if mem else 0
+    opts = dict(dtype=x.dtype, device=x.device)
+    G = torch.addmm(bias, x.reshape(T * B, I), w_ih.t()).view(T, B, 4 * H)
+    out = torch.empty((T, B, 2 * H), **opts)
+    C, TC = torch.empty((T, B, H), **opts), torch.empty((T, B, H), **opts)
+    HH = torch.empty((Tm, B, H) if mem else (0,), **opts)
+    Q = torch.empty((Tm, B, D), **opts)
+    W = torch.empty((Tm, B, k), **opts)
+    IDX = torch.empty((Tm, B, k), dtype=torch.int64, device=x.device)
+    THR = torch.empty((Tm, B), dtype=torch.int64, device=x.device)
+    SUM = torch.empty((Tm, B, H), **opts)  # the summaries, read back by the kernel
+    if T > 0 and B > 0:
+        H_PAD, D_PAD, BLOCK_T, BLOCK_D, BLOCK_H = _blocks(H, D, x.device.type != "cuda")
+        dummy = x
+        att = (wq, bq, wm, w, values, keys) if mem else (dummy,) * 6
+        _sab_lstm_fwd_kernel[(B,)](
+            G, h0, c0, w_hh, *att,
+            out, C, TC, HH if mem else dummy, Q if mem else dummy, W if mem else dummy, IDX if mem else dummy,
+            THR if mem else dummy, SUM if mem else dummy,
+            T, B, values.shape[1] if mem else 0, n0, step0, k_att, k,
+            H=H, D=max(D, 1), H_PAD=H_PAD, D_PAD=D_PAD, MEM=mem, K_TOP=max(k, 1), K_PAD=_pow2(k + 1),
+            BLOCK_T=BLOCK_T, BLOCK_D=BLOCK_D, BLOCK_H=BLOCK_H, ACC=_acc(x.dtype), FP64=x.dtype == torch.float64,
+            EPS=float(eps),
+        )
+    h_n = out[T - 1, :, :H].clone() if T > 0 else h0.clone()
+    c_n = C[T - 1].clone() if T > 0 else c0.clone()
+    # The slot each step wrote (-1: none), made on the device: a host tensor copied over would sync.
+    tg = step0 + torch.arange(T, device=x.device)
+    slot = torch.where((tg + 1) % k_att == 0, n0 + tg // k_att - step0 // k_att, -1)
+    if not mem:
+        slot = torch.full_like(slot, -1)
+    return [out, h_n, c_n, G, C, TC, HH, out, Q, W, IDX, THR, slot]
+
+
+def lstm_backward(g_out, g_h, g_c, g_mem, inputs, saved, n0: int, k_top: int, k_att: int, k_trunc: int, step0: int,
+                  need_grad_x: bool, eps: float) -> List[Tensor]:
+    """(grad_x, dh0, dc0, grad_memory, dW_ih, dW_hh, d_bias, dW_q, db_q, dW_m, dw, steps visited), as
+    `_C.lstm_backward`. Empty tensors stand for "no gradient" in the first four arguments."""
+    x, h0, c0, values, keys, w_ih, w_hh, bias, wq, bq, wm, w = inputs
+    G, C, TC, HH, out, Q, W, IDX, THR, _slot = saved
+    T, B, I = x.shape
+    H = h0.shape[1]
+    mem = k_top > 0
+    D = wq.shape[0] if mem else 0
+    S = slots_after(n0, T, step0, k_att) if mem else 0
+    k = IDX.shape[2] if mem else 0
+    opts = dict(dtype=x.dtype, device=x.device)
+    given = lambda t: t is not None and t.numel() > 0  # noqa: E731
+    gh = g_h.contiguous() if given(g_h) else torch.zeros((B, H), **opts)
+    gc = g_c.contiguous() if given(g_c) else torch.zeros((B, H), **opts)
+    mv = torch.zeros((B, S, H), **opts)  # the value mailboxes; the key mailboxes below
+    if mem and given(g_mem):
+        mv.copy_(g_mem)
+    mk = torch.zeros((B, S, D), **opts)
+    dG = torch.empty((T, B, 4 * H), **opts)
+    dQ = torch.empty((T if mem else 0, B, D), **opts)
+    dh0, dc0 = torch.empty((B, H), **opts), torch.empty((B, H), **opts)
+    gwp = torch.zeros((B, max(D, 1)), **opts)
+    if T > 0 and B > 0:
+        H_PAD, D_PAD, _, _, _ = _blocks(H, D, x.device.type != "cuda")
+        has_gout = given(g_out)
+        dummy = x
+        _sab_lstm_bwd_kernel[(B,)](
+            g_out.contiguous() if has_gout else dummy, gh, gc, G, C, TC, c0, Q if mem else dummy, IDX if mem else dummy,
+            THR if mem else dummy, values if mem else dummy, keys if mem else dummy, w_hh, wq if mem else dummy,
+            wm if mem else dummy, w if mem else dummy, mv if mem else dummy, mk if mem else dummy,
+            dG, dQ if mem else dummy, dh0, dc0, gwp,
+            T, B, values.shape[1] if mem else 0, max(S, 1), n0, step0, k_att, k_trunc, k,
+            H=H, D=max(D, 1), H_PAD=H_PAD, D_PAD=D_PAD, MEM=mem, HAS_GOUT=has_gout, K_PAD=_pow2(k + 1),
+            ACC=_acc(x.dtype), EPS=float(eps),
+        )
+    else:
+        dG.zero_(), dQ.zero_()
+        dh0.copy_(gh), dc0.copy_(gc)
+    # Weight gradients: GEMMs over all steps (dW_ih as (x^T dG)^T, the fast shape: see input_projection.py).
+    dGf = dG.view(T * B, 4 * H)
+    x2 = x.reshape(T * B, I)
+    grad_x = (dGf @ w_ih).view(T, B, I) if need_grad_x else x.new_empty(0)
+    g_w_ih = (x2.t() @ dGf).t().contiguous()
+    h_prev = torch.cat([h0.unsqueeze(0), out[:-1, :, :H]]) if T > 0 else h0.new_empty((0, B, H))
+    g_w_hh = dGf.t() @ h_prev.reshape(T * B, H)
+    g_bias = dGf.sum(0)
+    if mem:
+        dQf = dQ.view(T * B, D)
+        g_wq, g_bq = dQf.t() @ HH.reshape(T * B, H), dQf.sum(0)
+        m = values[:, :S]
+        g_wm = mk.reshape(B * S, D).t() @ m.reshape(B * S, H)  # sum over slots of dk_j^T m_j
+        g_mem = mv[:, :n0] + mk[:, :n0] @ wm  # the slots this call received: dm = dv + dk W_m
+        g_w = gwp.sum(0)
+    else:
+        g_wq, g_bq, g_wm, g_mem, g_w = (x.new_empty(0) for _ in range(5))
+    visited = torch.tensor(T, dtype=torch.int64)
+    return [grad_x, dh0, dc0, g_mem, g_w_ih, g_w_hh, g_bias, g_wq, g_bq, g_wm, g_w, visited]
