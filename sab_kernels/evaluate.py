@@ -1,8 +1,9 @@
-"""`python -m sab_kernels.evaluate MODEL.pt [--seq-len 100,5000]`: re-evaluate a shipped model on fresh data.
+"""`python -m sab_kernels.evaluate MODEL.pt [--seq-len 100,5000]`: evaluate a model file on a task's test set.
 
 MODEL.pt is a model file (sab_kernels/training/model_file.py; `sab-train` writes OUT/model.pt). Copy models are
 evaluated at every delay of --seq-len (default: the delay they were trained at), which is the paper's transfer
-experiment; models of the other tasks on their own evaluation set. Prints a table, then one JSON line:
+experiment, each delay on its own test set; models of the other tasks on their test set. Test sets of generated
+tasks are drawn from seeds no training batch or validation set uses (sab_kernels/tasks/seeds.py). Prints a table, then one JSON line:
 {"model": ..., "task": ..., "results": {"100": {"acc10": ..., "ce10": ..., "loss": ...}, ...}}.
 """
 
@@ -38,11 +39,16 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--seq-len", type=_lengths, default=None, help="copy: delays T to evaluate at, e.g. 100,5000")
     p.add_argument("--examples", type=int, default=512, help="fresh examples per length (default 512)")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--seed", type=int, default=123_456, help="seed of the fresh sequences")
+    p.add_argument("--set", "--seed", dest="seed", type=int, default=0,
+                   help="generated tasks: which test set (0: the standard one that sab-train logs and the README "
+                        "reports; 1, 2, ...: fresh independent sets). Each delay T has its own set, drawn from seeds no "
+                        "training batch uses. Fixed-split tasks (digits, mnist, mnist5k) always use their test split")
     p.add_argument("--device", default="cpu")
     p.add_argument("--backend", default="auto", choices=("auto", "cpu", "triton", "reference"))
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args(argv)
+    if args.seed < 0:
+        p.error(f"--set must be >= 0, got {args.seed}")
     for name in ("examples", "batch_size", "threads"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -81,7 +87,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         results = {str(task_info["seq_len"]): metrics}
     names = sorted({k for m in results.values() for k in m})
     print(f"{args.model}: {info['build']['kind']} on {task_info['name']} (trained at T={task_info['seq_len']}), "
-          f"{args.examples} fresh examples per length, seed {args.seed}")
+          f"test set {args.seed}, {args.examples} examples per length")
     print("| T | " + " | ".join(names) + " |")
     print("|---|" + "---|" * len(names))
     for T, m in results.items():

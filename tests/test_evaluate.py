@@ -40,7 +40,7 @@ def test_evaluate_cli_reports_what_a_direct_evaluation_gives(tmp_path, capsys):
     model, path = _saved(tmp_path)
     assert evaluate.main([path, "--seq-len", "6,9", "--examples", "40", "--batch-size", "16", "--backend", "cpu"]) == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    want = copy_transfer(model, [6, 9], 40, 16, "onehot", seed=123_456)
+    want = copy_transfer(model, [6, 9], 40, 16, "onehot", seed=0)  # test set 0, the CLI default
     for T in (6, 9):
         for k, v in want[T].items():
             assert printed["results"][str(T)][k] == pytest.approx(v, abs=1e-5)

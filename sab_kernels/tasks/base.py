@@ -4,6 +4,7 @@ A task generates batches in memory from a `torch.Generator` (CPU, so a seed give
 device) and knows its loss and metrics:
     input_size, output_size       sizes of x's last dim and of the model's per-step output
     batch(batch_size, generator, split="train", device="cpu") -> (x (B, L, input_size) float, y)
+    eval_batches(batch_size, n_examples, seed=0, device="cpu", split="test"): a fixed evaluation set
     loss(logits (B, L, output_size), y) -> scalar tensor to minimise
     metrics(logits, y) -> {name: float}; `main_metric` names the one reported first, `higher_is_better`
 """
@@ -14,6 +15,8 @@ from typing import Dict, Tuple
 
 import torch
 from torch import Tensor
+
+from .seeds import eval_seed, generator
 
 
 class Task:
@@ -32,9 +35,12 @@ class Task:
     def metrics(self, logits: Tensor, y: Tensor) -> Dict[str, float]:
         raise NotImplementedError
 
-    def eval_batches(self, batch_size: int, n_examples: int, seed: int, device="cpu", split: str = "test"):
-        """Fixed evaluation batches of `split`, the same for every model with this seed."""
-        g = torch.Generator().manual_seed(seed)
+    splits = ("train", "valid", "test")  # generated tasks: validation and test are disjoint seed streams (seeds.py)
+
+    def eval_batches(self, batch_size: int, n_examples: int, seed: int = 0, device="cpu", split: str = "test"):
+        """Evaluation set number `seed` of `split` ("valid" or "test"; 0 is the standard set), at this task's length:
+        the same for every model, and drawn from a seed no training batch uses (seeds.py)."""
+        g = generator(eval_seed(split, seed, getattr(self, "seq_len", 0)))
         done = 0
         while done < n_examples:
             b = min(batch_size, n_examples - done)
@@ -72,8 +78,8 @@ class SequenceClassification(Task):
         idx = torch.randint(0, xs.shape[0], (batch_size,), generator=generator)
         return xs[idx].unsqueeze(-1).to(device), ys[idx].to(device)
 
-    def eval_batches(self, batch_size, n_examples, seed, device="cpu", split="test"):
-        """The whole split (default "test") in order (n_examples caps it); `seed` is unused."""
+    def eval_batches(self, batch_size, n_examples, seed=0, device="cpu", split="test"):
+        """The whole split (default "test") in order (n_examples caps it); `seed` is unused: the split is fixed."""
         xs, ys = self._split(split)
         n = min(n_examples, xs.shape[0])
         for start in range(0, n, batch_size):

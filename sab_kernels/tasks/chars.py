@@ -48,7 +48,11 @@ class CharsTask(Task):
     def _one_hot(self, ids: Tensor) -> Tensor:
         return F.one_hot(ids, self.input_size).float()
 
+    splits = ("train", "test")
+
     def batch(self, batch_size, generator, split="train", device="cpu"):
+        if split not in self.splits:
+            raise ValueError(f"split must be one of {self.splits} for the chars task, got {split!r}")
         data = self.train_data if split == "train" else self.test_data
         starts = torch.randint(0, len(data) - self.seq_len - 1, (batch_size,), generator=generator)
         windows = data[starts[:, None] + torch.arange(self.seq_len + 1)]

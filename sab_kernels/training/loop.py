@@ -20,9 +20,10 @@ from .._io import atomic_write
 from ..nn import build_model
 from ..nn.models import carry_state
 from ..tasks import copy_transfer, make_task
+from ..tasks.seeds import train_seed
 from .args import transfer_lengths
 from .checkpoint import OUTPUTS, load_checkpoint, save_checkpoint, unpack_state
-from .evaluation import evaluate_run
+from .evaluation import TEST_SET, evaluate_run
 from .model_file import model_description, save_model
 from .records import plot_curve, write_csv
 
@@ -68,7 +69,8 @@ def clip_gradients(parameters, max_norm: float) -> float:
 
 
 def batch_generator(seed: int, rank: int, step: int) -> torch.Generator:
-    return torch.Generator().manual_seed((seed * 1_000_003 + rank * 7_919 + step) % (2**63))
+    """The generator of training batch `step` on `rank` (tasks/seeds.py: disjoint from every evaluation set)."""
+    return torch.Generator().manual_seed(train_seed(seed, rank, step))
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -184,7 +186,7 @@ def run(args: argparse.Namespace) -> dict:
                        "world_size": world, "params": sum(p.numel() for p in model.parameters())})
         if args.task == "copy" and args.transfer:
             lens = transfer_lengths(args.transfer)
-            res = copy_transfer(model, lens, args.transfer_size, args.batch_size, args.input, seed=20_000 + args.seed, device=device)
+            res = copy_transfer(model, lens, args.transfer_size, args.batch_size, args.input, seed=TEST_SET, device=device)
             result["transfer"] = {str(T): {k: round(v, 5) for k, v in m.items()} for T, m in res.items()}
         plot_curve(rows, os.path.join(args.out, "curve.png"), f"{args.task} T={args.seq_len} {args.model}")
         build, task_info = model_description(vars(args), task)

@@ -1,0 +1,94 @@
+"""Every shipped model on its task's standard TEST set: the numbers the README's results table reports.
+
+Usage: python bench/results/training/test_sets.py [--only SUBSTRING] [--redo]
+    -> test_sets.json (one entry per model file and length) and test_sets.md (the same as a table)
+
+What "test set" means per task (sab_kernels/tasks/seeds.py, sab_kernels/tasks/*.py):
+- copy, adding: test set 0 of the test seed stream, drawn from seeds that no training batch and no validation set
+  uses, with its own draw at every delay T. The same sets for every model. Copy models are evaluated at the delay
+  they were trained at (512 sequences) and, for the transfer rows, at T = 1000 (256) and 5000 (64).
+- digits (permuted 8x8): the fixed 297-image test split; mnist5k: the fixed 1,000-digit test split.
+These are not the sets the runs were logged on during training (issue 19: the old evaluation set of seed s was
+generated with seed 10000 + s, which for s = 0 was the training batch at update 10,000), so the numbers can differ
+slightly from the ones in each run's metrics.csv. Runs with one thread; incremental (entries already in the JSON
+are kept unless --redo).
+"""
+
+import argparse
+import glob
+import json
+import os
+import sys
+import time
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(HERE))))
+from sab_kernels._io import atomic_write  # noqa: E402
+from sab_kernels.model_file import load_model  # noqa: E402
+from sab_kernels.tasks import copy_transfer, make_task  # noqa: E402
+from sab_kernels.training.evaluation import TEST_SET, evaluate_task  # noqa: E402
+
+JSON, MD = os.path.join(HERE, "test_sets.json"), os.path.join(HERE, "test_sets.md")
+TRANSFER = {1000: 256, 5000: 64}  # copy transfer lengths and sequences per length
+NO_TRANSFER = ("tbptt_seed0", "sab_seed1_cosine")  # at chance / an ablation: no transfer row
+
+
+def jobs(path):
+    """(length, examples) pairs to evaluate for one model file."""
+    _, info = load_model(path, backend="cpu")
+    t = info["task"]
+    if t["name"] != "copy":
+        return [(t["seq_len"], 512 if t["name"] == "adding" else 10_000)]
+    extra = [] if any(n in path for n in NO_TRANSFER) else [(T, n) for T, n in TRANSFER.items()]
+    return [(t["seq_len"], 512)] + extra
+
+
+def evaluate(path, length, examples):
+    model, info = load_model(path, backend="cpu")
+    t = info["task"]
+    if t["name"] == "copy":
+        return copy_transfer(model, [length], examples, 64, t["input"], seed=TEST_SET)[length]
+    task = make_task(t["name"], t["seq_len"], t["input"], t["data"], t["permute"], t["seed"])
+    return evaluate_task(model, task, examples, 64, TEST_SET, "cpu")
+
+
+def table(entries):
+    lines = ["| model | task | T | examples | metrics | seconds |", "|---|---|---|---|---|---|"]
+    for e in entries:
+        metrics = ", ".join(f"{k} {v:.4f}" for k, v in sorted(e["metrics"].items()))
+        lines.append(f"| `{e['model']}` | {e['task']} | {e['length']} | {e['examples']} | {metrics} | {e['seconds']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--only", default="", help="only model files whose path contains this")
+    p.add_argument("--redo", action="store_true", help="evaluate again entries already in test_sets.json")
+    a = p.parse_args()
+    torch.set_num_threads(1)
+    entries = json.load(open(JSON)) if os.path.exists(JSON) else []
+    done = {(e["model"], e["length"]) for e in entries}
+    paths = sorted(p for p in glob.glob(os.path.join(HERE, "*", "*", "model.pt")) if "chars_" not in p and a.only in p)
+    for path in paths:
+        name = os.path.relpath(path, HERE)
+        for length, examples in jobs(path):
+            if (name, length) in done and not a.redo:
+                continue
+            t0 = time.perf_counter()
+            metrics = evaluate(path, length, examples)
+            entry = {"model": name, "task": load_model(path, backend="cpu")[1]["task"]["name"], "length": length,
+                     "examples": examples, "set": TEST_SET, "metrics": {k: round(v, 5) for k, v in metrics.items()},
+                     "seconds": round(time.perf_counter() - t0, 1)}
+            entries = [e for e in entries if (e["model"], e["length"]) != (name, length)] + [entry]
+            entries.sort(key=lambda e: (e["model"], e["length"]))
+            atomic_write(JSON, lambda f: f.write(json.dumps(entries, indent=1).encode("utf-8")))
+            atomic_write(MD, lambda f: f.write(("# Shipped models on the standard test sets\n\nWritten by "
+                                                "`test_sets.py` (see its docstring for what each test set is).\n\n"
+                                                + table(entries)).encode("utf-8")))
+            print(json.dumps(entry), flush=True)
+
+
+if __name__ == "__main__":
+    main()
