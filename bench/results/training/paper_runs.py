@@ -4,11 +4,13 @@ Usage: python bench/results/training/paper_runs.py   -> prints the table, writes
 
 Reads every run folder's metrics.csv (runs stopped before --steps have no final.json; their latest evaluation
 is what their checkpoint holds) in the groups below, and reports per run: updates, the latest and the best value
-of the task's metric, and the first update at which it reached the target (copy: acc10 >= 0.99; at T >= 200,
->= 0.95).
+of the task's metric as logged during training, and the first update at which the log reached the target (copy:
+acc10 >= 0.99; at T >= 200, >= 0.95); and, from test_sets.json (test_sets.py), the shipped model's score on the
+test set at the length it was trained at (the number the README reports; "-" where no model file is shipped).
 """
 
 import glob
+import json
 import math
 import os
 import sys
@@ -26,6 +28,7 @@ GROUPS = {  # folder: (title, metric, higher is better, target)
     "digits": ("permuted digits", "acc", True, None),  # seed 0
     "digits_seed1": ("permuted digits", "acc", True, None),
     "digits_seed2": ("permuted digits", "acc", True, None),
+    "mnist5k_seq_h128": ("sequential MNIST (mnist5k)", "acc", True, None),
 }
 
 
@@ -52,8 +55,13 @@ def main():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    lines = ["| task | run | updates | latest | best | first update at target | core-hours |",
-             "|---|---|---|---|---|---|---|"]
+    tested = {}
+    if os.path.exists(os.path.join(HERE, "test_sets.json")):
+        with open(os.path.join(HERE, "test_sets.json")) as f:
+            for e in sorted(json.load(f), key=lambda e: -e["length"]):  # the shortest length (trained) wins
+                tested[os.path.dirname(e["model"])] = e["metrics"]
+    lines = ["| task | run | updates | latest (log) | best (log) | first update at target (log) | test set | core-hours |",
+             "|---|---|---|---|---|---|---|---|"]
     found = list(runs())
     panels = list(dict.fromkeys(GROUPS[f[0]][0] for f in found))  # one panel per title, in GROUPS order
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.6), squeeze=False)
@@ -63,8 +71,10 @@ def main():
             best = max(values) if higher else min(values)
             reach = first_reach(rows, metric, higher, target)
             hours = rows[-1]["seconds"] / 3600
+            test = tested.get(f"{group}/{name}", {}).get(metric)
             lines.append(f"| {title} | `{group}/{name}` | {rows[-1]['step']:,} | {values[-1]:.4g} | {best:.4g} | "
-                         f"{'' if target is None else (f'{reach:,}' if reach else 'not yet')} | {hours:.2f} |")
+                         f"{'' if target is None else (f'{reach:,}' if reach else 'not yet')} | "
+                         f"{'-' if test is None else f'{test:.4g}'} | {hours:.2f} |")
             ax.plot([r["step"] for r in rows], values, label=name if panel.startswith("copy") else f"{group}/{name}", lw=1.2)
         if target is not None:
             ax.axhline(target, color="grey", ls=":", lw=1)
