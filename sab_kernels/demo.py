@@ -1,7 +1,7 @@
 """`python -m sab_kernels.demo` (`make demo`): the main job in one command, a few minutes on a laptop CPU.
 
 1. Train SAB and truncated BPTT on a small copy-memory task and print both results side by side
-   (`sab_kernels.train_demo`; learning curves in OUT/demo_copy.png).
+   (`sab_kernels/training/demo.py`; learning curves in OUT/demo_copy.png).
 2. Benchmark the op against the eager reference, torch.compile of the reference and a dense topk baseline
    (`python -m sab_kernels.bench --quick`; tables, CSV and plots in OUT/bench).
 """
@@ -20,11 +20,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--steps", type=int, default=1600, help="training steps per model (default 1600)")
     a = p.parse_args(argv)
 
-    from . import train_demo
     from .bench import main as bench_main
+    from .training.demo import run_demo
 
     print("== 1/2  train: SAB vs truncated BPTT on the copy task ==", flush=True)
-    train_demo.main(["--out", a.out, "--steps", str(a.steps)])
+    run_demo(a.out, a.steps)
     print("\n== 2/2  benchmark: the fused op vs the baselines (quick sizes) ==", flush=True)
     return bench_main(["--quick", "--out", os.path.join(a.out, "bench")])
 

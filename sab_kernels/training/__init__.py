@@ -7,6 +7,7 @@
     args.py         the parser and every argument check (before any work)
     loop.py         run(args): the training loop, gradient clipping, distributed set-up
     cli.py          main(): parse, run, print
+    demo.py         run_demo(): SAB against truncated BPTT on a small copy task (make demo)
 
 Entry points: `sab-train` and `python -m sab_kernels.train` (sab_kernels/train.py), `python -m sab_kernels.evaluate`,
 `python -m sab_kernels.model_file RUN_DIR`.
