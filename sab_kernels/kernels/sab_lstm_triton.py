@@ -50,14 +50,20 @@ def unsupported_reason(x: Tensor, k_top: Optional[int]) -> Optional[str]:
     return None
 
 
-def _blocks(H: int, D: int, interpreted: bool):
-    """(H_PAD, D_PAD, BLOCK_T, BLOCK_D, BLOCK_H). The interpreter runs one program after another on numpy:
-    large tiles are fastest there; on a GPU, tiles of about 4K elements per program."""
+def blocks(H: int, D: int, interpreted: bool) -> dict:
+    """Tile sizes and warps of both kernels. The interpreter runs one program after another on numpy: whole
+    tiles are fastest there. On a GPU (sm_90, 4 warps): key tiles of 4K elements, and matrix-vector tiles of
+    (max(H, D), BLOCK_MV) with 4K elements in the forward and 2K in the backward, which holds more live
+    vectors. ptxas then spills nothing for float32 at H = D = 64, 128, 256 (bench/triton_registers.py)."""
     H_PAD, D_PAD = _pow2(H), _pow2(max(D, 1))
+    wide = max(H_PAD, D_PAD)
     if interpreted:
-        return H_PAD, D_PAD, 64, min(D_PAD, 256), min(H_PAD, 256)
+        return dict(H_PAD=H_PAD, D_PAD=D_PAD, BLOCK_T=64, BLOCK_D=min(D_PAD, 256), BLOCK_H=min(H_PAD, 256),
+                    MV_FWD=wide, MV_BWD=wide, num_warps=1)
     block_d = min(D_PAD, 128)
-    return H_PAD, D_PAD, max(16, 4096 // block_d), block_d, min(H_PAD, 64)
+    return dict(H_PAD=H_PAD, D_PAD=D_PAD, BLOCK_T=max(16, 4096 // block_d), BLOCK_D=block_d, BLOCK_H=min(H_PAD, 64),
+                MV_FWD=max(1, min(wide, 4096 // wide)), MV_BWD=max(1, min(wide, (4096 if wide <= 64 else 2048) // wide)),
+                num_warps=4)
 
 
 def lstm_forward(x, h0, c0, values, keys, n0: int, w_ih, w_hh, bias, wq, bq, wm, w, k_top: int, k_att: int,
@@ -81,7 +87,7 @@ def lstm_forward(x, h0, c0, values, keys, n0: int, w_ih, w_hh, bias, wq, bq, wm,
     THR = torch.empty((Tm, B), dtype=torch.int64, device=x.device)
     SUM = torch.empty((Tm, B, H), **opts)  # the summaries, read back by the kernel
     if T > 0 and B > 0:
-        H_PAD, D_PAD, BLOCK_T, BLOCK_D, BLOCK_H = _blocks(H, D, x.device.type != "cuda")
+        bl = blocks(H, D, x.device.type != "cuda")
         dummy = x
         att = (wq, bq, wm, w, values, keys) if mem else (dummy,) * 6
         _sab_lstm_fwd_kernel[(B,)](
@@ -89,9 +95,9 @@ def lstm_forward(x, h0, c0, values, keys, n0: int, w_ih, w_hh, bias, wq, bq, wm,
             out, C, TC, HH if mem else dummy, Q if mem else dummy, W if mem else dummy, IDX if mem else dummy,
             THR if mem else dummy, SUM if mem else dummy,
             T, B, values.shape[1] if mem else 0, n0, step0, k_att, k,
-            H=H, D=max(D, 1), H_PAD=H_PAD, D_PAD=D_PAD, MEM=mem, K_TOP=max(k, 1), K_PAD=_pow2(k + 1),
-            BLOCK_T=BLOCK_T, BLOCK_D=BLOCK_D, BLOCK_H=BLOCK_H, ACC=_acc(x.dtype), FP64=x.dtype == torch.float64,
-            EPS=float(eps),
+            H=H, D=max(D, 1), H_PAD=bl["H_PAD"], D_PAD=bl["D_PAD"], MEM=mem, K_TOP=max(k, 1), K_PAD=_pow2(k + 1),
+            BLOCK_T=bl["BLOCK_T"], BLOCK_D=bl["BLOCK_D"], BLOCK_H=bl["BLOCK_H"], BLOCK_MV=bl["MV_FWD"], ACC=_acc(x.dtype),
+            FP64=x.dtype == torch.float64, EPS=float(eps), num_warps=bl["num_warps"],
         )
     h_n = out[T - 1, :, :H].clone() if T > 0 else h0.clone()
     c_n = C[T - 1].clone() if T > 0 else c0.clone()
@@ -128,7 +134,7 @@ def lstm_backward(g_out, g_h, g_c, g_mem, inputs, saved, n0: int, k_top: int, k_
     dh0, dc0 = torch.empty((B, H), **opts), torch.empty((B, H), **opts)
     gwp = torch.zeros((B, max(D, 1)), **opts)
     if T > 0 and B > 0:
-        H_PAD, D_PAD, _, _, _ = _blocks(H, D, x.device.type != "cuda")
+        bl = blocks(H, D, x.device.type != "cuda")
         has_gout = given(g_out)
         dummy = x
         _sab_lstm_bwd_kernel[(B,)](
@@ -137,8 +143,8 @@ def lstm_backward(g_out, g_h, g_c, g_mem, inputs, saved, n0: int, k_top: int, k_
             wm if mem else dummy, w if mem else dummy, mv if mem else dummy, mk if mem else dummy,
             dG, dQ if mem else dummy, dh0, dc0, gwp,
             T, B, values.shape[1] if mem else 0, max(S, 1), n0, step0, k_att, k_trunc, k,
-            H=H, D=max(D, 1), H_PAD=H_PAD, D_PAD=D_PAD, MEM=mem, HAS_GOUT=has_gout, K_PAD=_pow2(k + 1),
-            ACC=_acc(x.dtype), EPS=float(eps),
+            H=H, D=max(D, 1), H_PAD=bl["H_PAD"], D_PAD=bl["D_PAD"], MEM=mem, HAS_GOUT=has_gout, K_PAD=_pow2(k + 1),
+            BLOCK_MV=bl["MV_BWD"], ACC=_acc(x.dtype), EPS=float(eps), num_warps=bl["num_warps"],
         )
     else:
         dG.zero_(), dQ.zero_()

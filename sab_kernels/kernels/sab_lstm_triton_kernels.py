@@ -15,7 +15,8 @@ mailbox of the slot step t wrote + that slot's key mailbox folded through W_m; t
 k + 1 entries adds into the mailboxes of the slots it read (distinct within a step: no collision, no atomics,
 a fixed order: deterministic); then the cell's backward. Weight gradients are GEMMs over all steps after the
 sweep. Every step is computed, also those no gradient reaches (skipping them would need the host).
-Matrix-vector products are broadcast-multiply-sums over (rows, H) tiles: exact in float64 in the interpreter.
+Matrix-vector products (`_matvec`, `_matvec_t`) are broadcast-multiply-sums over tiles of BLOCK_MV columns (rows),
+the vector read back from memory block by block, so register use stays flat in H (no spill at H = 128).
 """
 
 from __future__ import annotations
@@ -27,21 +28,32 @@ from .triton_kernels import _finish_row, _scan_chunk, _sorted_top, _tanh
 
 
 @triton.jit
-def _matvec(w_ptr, v, ROWS: tl.constexpr, COLS: tl.constexpr, R_PAD: tl.constexpr, C_PAD: tl.constexpr, ACC: tl.constexpr):
-    """(R_PAD,) W v for W (ROWS, COLS) row-major at w_ptr and v (C_PAD,) (zero past COLS)."""
+def _matvec(w_ptr, v_ptr, ROWS: tl.constexpr, COLS: tl.constexpr, R_PAD: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr):
+    """(R_PAD,) W v for W (ROWS, COLS) row-major at w_ptr and v (COLS,) at v_ptr, BLOCK columns at a time: the
+    vector is read from memory in blocks so that no (ROWS, COLS) tile lives in registers."""
     r = tl.arange(0, R_PAD)
-    c = tl.arange(0, C_PAD)
-    w = tl.load(w_ptr + r[:, None] * COLS + c[None, :], mask=(r < ROWS)[:, None] & (c < COLS)[None, :], other=0.0)
-    return tl.sum(w.to(ACC) * v[None, :], 1)
+    c = tl.arange(0, BLOCK)
+    acc = tl.zeros([R_PAD], ACC)
+    for c0 in tl.static_range(0, COLS, BLOCK):
+        cm = (c0 + c) < COLS
+        v = tl.load(v_ptr + c0 + c, mask=cm, other=0.0).to(ACC)
+        w = tl.load(w_ptr + r[:, None] * COLS + c0 + c[None, :], mask=(r < ROWS)[:, None] & cm[None, :], other=0.0)
+        acc += tl.sum(w.to(ACC) * v[None, :], 1)
+    return acc
 
 
 @triton.jit
-def _matvec_t(w_ptr, v, ROWS: tl.constexpr, COLS: tl.constexpr, R_PAD: tl.constexpr, C_PAD: tl.constexpr, ACC: tl.constexpr):
-    """(C_PAD,) W^T v for W (ROWS, COLS) row-major at w_ptr and v (R_PAD,) (zero past ROWS)."""
-    r = tl.arange(0, R_PAD)
+def _matvec_t(w_ptr, v_ptr, ROWS: tl.constexpr, COLS: tl.constexpr, C_PAD: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr):
+    """(C_PAD,) W^T v for W (ROWS, COLS) row-major at w_ptr and v (ROWS,) at v_ptr, BLOCK rows at a time."""
+    r = tl.arange(0, BLOCK)
     c = tl.arange(0, C_PAD)
-    w = tl.load(w_ptr + r[:, None] * COLS + c[None, :], mask=(r < ROWS)[:, None] & (c < COLS)[None, :], other=0.0)
-    return tl.sum(w.to(ACC) * v[:, None], 0)
+    acc = tl.zeros([C_PAD], ACC)
+    for r0 in tl.static_range(0, ROWS, BLOCK):
+        rm = (r0 + r) < ROWS
+        v = tl.load(v_ptr + r0 + r, mask=rm, other=0.0).to(ACC)
+        w = tl.load(w_ptr + (r0 + r)[:, None] * COLS + c[None, :], mask=rm[:, None] & (c < COLS)[None, :], other=0.0)
+        acc += tl.sum(w.to(ACC) * v[:, None], 0)
+    return acc
 
 
 @triton.jit
@@ -51,7 +63,7 @@ def _sab_lstm_fwd_kernel(
     T, B, CAP, n0, step0, k_att, K_OUT,
     H: tl.constexpr, D: tl.constexpr, H_PAD: tl.constexpr, D_PAD: tl.constexpr, MEM: tl.constexpr,
     K_TOP: tl.constexpr, K_PAD: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr,
-    ACC: tl.constexpr, FP64: tl.constexpr, EPS: tl.constexpr,
+    BLOCK_MV: tl.constexpr, ACC: tl.constexpr, FP64: tl.constexpr, EPS: tl.constexpr,
 ):
     b = tl.program_id(0)
     b64 = b.to(tl.int64)
@@ -59,7 +71,6 @@ def _sab_lstm_fwd_kernel(
     hm = oh < H
     od = tl.arange(0, D_PAD)
     dm = od < D
-    h = tl.load(h0_ptr + b64 * H + oh, mask=hm, other=0.0).to(ACC)
     c = tl.load(c0_ptr + b64 * H + oh, mask=hm, other=0.0).to(ACC)
     val_row = val_ptr + b64 * CAP * H
     key_row = key_ptr + b64 * CAP * D
@@ -67,10 +78,14 @@ def _sab_lstm_fwd_kernel(
     for t in range(T):
         row = tl.cast(t, tl.int64) * B + b64  # (t, b) of a (T, B, .) tensor
         gt = g_ptr + row * 4 * H
-        pre_i = tl.load(gt + oh, mask=hm, other=0.0).to(ACC) + _matvec(whh_ptr, h, H, H, H_PAD, H_PAD, ACC)
-        pre_f = tl.load(gt + H + oh, mask=hm, other=0.0).to(ACC) + _matvec(whh_ptr + H * H, h, H, H, H_PAD, H_PAD, ACC)
-        pre_g = tl.load(gt + 2 * H + oh, mask=hm, other=0.0).to(ACC) + _matvec(whh_ptr + 2 * H * H, h, H, H, H_PAD, H_PAD, ACC)
-        pre_o = tl.load(gt + 3 * H + oh, mask=hm, other=0.0).to(ACC) + _matvec(whh_ptr + 3 * H * H, h, H, H, H_PAD, H_PAD, ACC)
+        if t > 0:  # h_{t-1}: the previous step's output row, or h0
+            h_prev = out_ptr + (row - B) * 2 * H
+        else:
+            h_prev = h0_ptr + b64 * H
+        pre_i = tl.load(gt + oh, mask=hm, other=0.0).to(ACC) + _matvec(whh_ptr, h_prev, H, H, H_PAD, BLOCK_MV, ACC)
+        pre_f = tl.load(gt + H + oh, mask=hm, other=0.0).to(ACC) + _matvec(whh_ptr + H * H, h_prev, H, H, H_PAD, BLOCK_MV, ACC)
+        pre_g = tl.load(gt + 2 * H + oh, mask=hm, other=0.0).to(ACC) + _matvec(whh_ptr + 2 * H * H, h_prev, H, H, H_PAD, BLOCK_MV, ACC)
+        pre_o = tl.load(gt + 3 * H + oh, mask=hm, other=0.0).to(ACC) + _matvec(whh_ptr + 3 * H * H, h_prev, H, H, H_PAD, BLOCK_MV, ACC)
         i = tl.sigmoid(pre_i)
         f = tl.sigmoid(pre_f)
         g = _tanh(pre_g)
@@ -87,7 +102,8 @@ def _sab_lstm_fwd_kernel(
         out_row = out_ptr + row * 2 * H
         if MEM:
             tl.store(hh_ptr + row * H + oh, hh.to(hh_ptr.dtype.element_ty), mask=hm)
-            q = tl.load(bq_ptr + od, mask=dm, other=0.0).to(ACC) + _matvec(wq_ptr, hh, D, H, D_PAD, H_PAD, ACC)
+            tl.debug_barrier()
+            q = tl.load(bq_ptr + od, mask=dm, other=0.0).to(ACC) + _matvec(wq_ptr, hh_ptr + row * H, D, H, D_PAD, BLOCK_MV, ACC)
             tl.store(q_ptr + row * D + od, q.to(q_ptr.dtype.element_ty), mask=dm)
             tl.debug_barrier()  # q is read back from memory by the scan
             run_key, run_idx = _scan_chunk(q_ptr + row * D, key_row, w_ptr, 0, n, D, ACC, FP64, K_TOP + 1, K_PAD,
@@ -102,17 +118,18 @@ def _sab_lstm_fwd_kernel(
             h = hh + s
             tl.store(out_row + oh, h.to(out_ptr.dtype.element_ty), mask=hm)
             tl.store(out_row + H + oh, s.to(out_ptr.dtype.element_ty), mask=hm)
+            tl.debug_barrier()  # h is read back in blocks (the key below, the next step's gates)
             if (step0 + t + 1) % k_att == 0:
                 n64 = tl.cast(n, tl.int64)
                 tl.store(val_row + n64 * H + oh, h.to(val_ptr.dtype.element_ty), mask=hm)
-                key = _matvec(wm_ptr, h, D, H, D_PAD, H_PAD, ACC)
+                key = _matvec(wm_ptr, out_row, D, H, D_PAD, BLOCK_MV, ACC)
                 tl.store(key_row + n64 * D + od, key.to(key_ptr.dtype.element_ty), mask=dm)
                 tl.debug_barrier()  # the next steps read this slot
                 n += 1
         else:
-            h = hh
-            tl.store(out_row + oh, h.to(out_ptr.dtype.element_ty), mask=hm)
+            tl.store(out_row + oh, hh.to(out_ptr.dtype.element_ty), mask=hm)
             tl.store(out_row + H + oh, tl.zeros([H_PAD], ACC).to(out_ptr.dtype.element_ty), mask=hm)
+            tl.debug_barrier()
 
 
 @triton.jit
@@ -176,7 +193,7 @@ def _sab_lstm_bwd_kernel(
     dg_ptr, dq_ptr, dh0_ptr, dc0_ptr, gwp_ptr,
     T, B, CAP, S, n0, step0, k_att, k_trunc, K_OUT,
     H: tl.constexpr, D: tl.constexpr, H_PAD: tl.constexpr, D_PAD: tl.constexpr, MEM: tl.constexpr, HAS_GOUT: tl.constexpr,
-    K_PAD: tl.constexpr, ACC: tl.constexpr, EPS: tl.constexpr,
+    K_PAD: tl.constexpr, BLOCK_MV: tl.constexpr, ACC: tl.constexpr, EPS: tl.constexpr,
 ):
     b = tl.program_id(0)
     b64 = b.to(tl.int64)
@@ -204,8 +221,7 @@ def _sab_lstm_bwd_kernel(
                 n -= 1
                 n64 = tl.cast(n, tl.int64)
                 gh += tl.load(mv_row + n64 * H + oh, mask=hm, other=0.0).to(ACC)
-                dk = tl.load(mk_row + n64 * D + od, mask=dm, other=0.0).to(ACC)
-                gh += _matvec_t(wm_ptr, dk, D, H, D_PAD, H_PAD, ACC)
+                gh += _matvec_t(wm_ptr, mk_row + n64 * D, D, H, H_PAD, BLOCK_MV, ACC)  # dL/dk W_m
             gs = gh
             if HAS_GOUT:
                 gs += tl.load(gout_ptr + row * 2 * H + H + oh, mask=hm, other=0.0).to(ACC)
@@ -215,7 +231,8 @@ def _sab_lstm_bwd_kernel(
             tl.debug_barrier()  # the mailbox adds are read by earlier steps
             gw_acc += gw_part
             tl.store(dq_ptr + row * D + od, gq.to(dq_ptr.dtype.element_ty), mask=dm)
-            g_hh = gh + _matvec_t(wq_ptr, gq, D, H, D_PAD, H_PAD, ACC)
+            tl.debug_barrier()
+            g_hh = gh + _matvec_t(wq_ptr, dq_ptr + row * D, D, H, H_PAD, BLOCK_MV, ACC)
         # The cell: gates activated (i, f, g, o), c = f c_prev + i g, h_hat = o tanh(c).
         gt = g_ptr + row * 4 * H
         i = tl.load(gt + oh, mask=hm, other=0.0).to(ACC)
@@ -237,14 +254,13 @@ def _sab_lstm_bwd_kernel(
         tl.store(dgt + H + oh, d_f.to(dg_ptr.dtype.element_ty), mask=hm)
         tl.store(dgt + 2 * H + oh, d_g.to(dg_ptr.dtype.element_ty), mask=hm)
         tl.store(dgt + 3 * H + oh, d_o.to(dg_ptr.dtype.element_ty), mask=hm)
+        tl.debug_barrier()
         truncated = (k_trunc > 0) & ((tg + 1) % tl.maximum(k_trunc, 1) == 0)
         if truncated:  # h, c were detached before this step's cell
             gh = tl.zeros([H_PAD], ACC)
             gc = tl.zeros([H_PAD], ACC)
         else:
-            gh = (_matvec_t(whh_ptr, d_i, H, H, H_PAD, H_PAD, ACC) + _matvec_t(whh_ptr + H * H, d_f, H, H, H_PAD, H_PAD, ACC)
-                  + _matvec_t(whh_ptr + 2 * H * H, d_g, H, H, H_PAD, H_PAD, ACC)
-                  + _matvec_t(whh_ptr + 3 * H * H, d_o, H, H, H_PAD, H_PAD, ACC))
+            gh = _matvec_t(whh_ptr, dgt, 4 * H, H, H_PAD, BLOCK_MV, ACC)  # W_hh^T dG
             gc = dc * f
     tl.store(dh0_ptr + b64 * H + oh, gh.to(dh0_ptr.dtype.element_ty), mask=hm)
     tl.store(dc0_ptr + b64 * H + oh, gc.to(dc0_ptr.dtype.element_ty), mask=hm)

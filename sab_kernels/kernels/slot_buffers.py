@@ -42,7 +42,8 @@ def alias(buffer: Tensor, n: int) -> Tensor:
 
 class _KeyStamp:
     """Which W_m computed the cached keys: the parameter itself (weakly), its version and a copy of its values.
-    The copy catches writes that bypass the version counter (`weight.data.copy_(...)`)."""
+    The copy catches writes that bypass the version counter (`weight.data.copy_(...)`) on CPU tensors; on a GPU
+    comparing it would wait for the device (a host sync per call), so there only the version counts."""
 
     __slots__ = ("ref", "version", "snapshot")
 
@@ -54,7 +55,7 @@ class _KeyStamp:
     def matches(self, key_weight: Tensor) -> bool:
         return (self.ref() is key_weight and self.version == key_weight._version
                 and self.snapshot.dtype == key_weight.dtype and self.snapshot.device == key_weight.device
-                and torch.equal(self.snapshot, key_weight.detach()))
+                and (key_weight.device.type == "cuda" or torch.equal(self.snapshot, key_weight.detach())))
 
 
 class SlotBuffers:
