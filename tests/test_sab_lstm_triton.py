@@ -132,8 +132,10 @@ def test_routing_and_the_reasons_given():
     assert not make("fused", "triton", k_top=None).path == "auto"
     with pytest.raises(RuntimeError, match="dense attention"):
         make("fused", "triton", k_top=None).uses_fused_path(x)
-    with pytest.raises(RuntimeError, match="float32 and float64"):
+    with pytest.raises(RuntimeError, match="float32 parameters"):
         make("fused", "triton", dtype=torch.bfloat16).uses_fused_path(x.bfloat16())
+    with pytest.raises(RuntimeError, match="float32 and float64"):
+        make("fused", "triton").uses_fused_path(x.to(torch.int32))
     assert sab_lstm_fused.unsupported_reason(x, "triton", 3) is None
     assert "dense" in sab_lstm_fused.unsupported_reason(x, "triton", None)
 
@@ -173,3 +175,16 @@ def test_fused_kernels_compile_for_hopper_and_spill_nothing_at_h128():
     assert {r["kernel"] for r in rows} == {"forward", "backward"}
     for r in rows:
         assert r["spill_stores"] == 0 and r["spill_loads"] == 0, r
+
+
+@pytest.mark.parametrize("half", [torch.bfloat16, torch.float16])
+def test_half_inputs_run_with_float32_state_and_accumulation(half):
+    """bfloat16/float16 inputs into float32 parameters: upcast once, then exactly the float32 computation."""
+    core = make("fused", "triton", 2, 1, 3, torch.float32)
+    x = data(6, dtype=torch.float32).to(half)
+    assert core.uses_fused_path(x)
+    with torch.no_grad():
+        out, st = core(x)
+        want, _ = core(x.float())
+    assert out.dtype == torch.float32 and st.memory.dtype == torch.float32
+    assert torch.equal(out, want)

@@ -42,12 +42,14 @@ def available() -> bool:
     return sab_lstm_op.cpu_kernels_available()
 
 
-def unsupported_reason(x: Tensor, backend: str = "cpu", k_top: Optional[int] = 5) -> Optional[str]:
-    """Why the fused path of `backend` cannot run on x with this k_top (None: dense), or None when it can."""
+def unsupported_reason(x: Tensor, backend: str = "cpu", k_top: Optional[int] = 5,
+                       param_dtype: torch.dtype = torch.float32) -> Optional[str]:
+    """Why the fused path of `backend` cannot run on x with this k_top (None: dense) and parameters of
+    param_dtype, or None when it can."""
     if backend == "triton":
         from . import sab_lstm_triton
 
-        return sab_lstm_triton.unsupported_reason(x, k_top)
+        return sab_lstm_triton.unsupported_reason(x, k_top, param_dtype)
     if backend != "cpu":
         return f"the fused kernels are C++ (backend 'cpu') and Triton (backend 'triton'), not {backend!r}"
     if not available():

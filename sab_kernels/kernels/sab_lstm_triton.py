@@ -23,6 +23,7 @@ from . import triton_interpreter_enabled
 from .sab_lstm_triton_kernels import _sab_lstm_bwd_kernel, _sab_lstm_fwd_kernel
 
 DTYPES = (torch.float32, torch.float64)
+HALF = (torch.bfloat16, torch.float16)  # inputs only: upcast, with float32 parameters, state and accumulation
 MAX_K_PAD = 256  # k_top + 1 rounded up: larger k (dense attention) runs on the per-step path
 
 
@@ -38,12 +39,15 @@ def slots_after(n0: int, T: int, step0: int, k_att: int) -> int:
     return n0 + (step0 + T) // k_att - step0 // k_att
 
 
-def unsupported_reason(x: Tensor, k_top: Optional[int]) -> Optional[str]:
-    """Why the Triton fused path cannot run on x with this k_top (None: dense), or None when it can."""
+def unsupported_reason(x: Tensor, k_top: Optional[int], param_dtype: torch.dtype = torch.float32) -> Optional[str]:
+    """Why the Triton fused path cannot run on x with this k_top (None: dense) and parameters of param_dtype, or
+    None when it can. bfloat16/float16 inputs run upcast to float32 parameters' dtype."""
     if x.device.type != "cuda" and not triton_interpreter_enabled():
         return f"the Triton kernels need CUDA tensors (or TRITON_INTERPRET=1), got {x.device}"
-    if x.dtype not in DTYPES:
-        return f"the Triton fused path supports float32 and float64, got {x.dtype}"
+    if x.dtype in HALF and param_dtype != torch.float32:
+        return f"{x.dtype} inputs run with float32 parameters (float32 state and accumulation), got {param_dtype} parameters"
+    if x.dtype not in DTYPES + HALF:
+        return f"the Triton fused path supports float32 and float64, and bfloat16/float16 inputs, got {x.dtype}"
     if k_top is None or _pow2(k_top + 1) > MAX_K_PAD:
         return (f"k_top={k_top} keeps more than {MAX_K_PAD - 1} slots (dense attention): its top-k set would not fit "
                 "a program's registers")

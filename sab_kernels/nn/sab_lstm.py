@@ -117,7 +117,7 @@ class SABLSTM(nn.Module):
         if self.path == "step":
             return False
         backend = resolve_backend(self.backend, x.device)
-        reason = sab_lstm_fused.unsupported_reason(x, backend, self.k_top)
+        reason = sab_lstm_fused.unsupported_reason(x, backend, self.k_top, self.weight_ih.dtype)
         if reason is None and backend == "triton" and x.device.type != "cuda" and self.path == "auto":
             reason = "the Triton fused path runs on CPU tensors (the interpreter) only when asked for: path='fused'"
         if reason is None and trace is not None:
@@ -155,6 +155,8 @@ class SABLSTM(nn.Module):
         return out, state
 
     def _forward_fused(self, x, h, c, memory, slots, step0):
+        if x.dtype in (torch.bfloat16, torch.float16):  # (Triton) half inputs: float32 state and accumulation
+            x = x.to(self.weight_ih.dtype)
         mem = self.memory
         attention = None
         if mem is not None:
