@@ -35,7 +35,9 @@ def test_cpu_mode_end_to_end(tmp_path):
                  "bench/results.csv"):
         assert (tmp_path / name).stat().st_size > 0, name
     csv_text = (tmp_path / "gpu_check.csv").read_text()
-    assert "SAB-LSTM train step" in csv_text and "forward python_reads" in csv_text
+    for what in ("SAB fused train", "SAB fused infer", "TBPTT fused train", "SAB per-step train", "nn.LSTM train",
+                 "SAB fused forward python_reads", "SAB per-step backward python_reads"):
+        assert what in csv_text, what
 
 
 def test_bad_arguments_exit_2(tmp_path):
@@ -88,9 +90,11 @@ def test_host_read_counter_counts_and_restores():
 def test_configs_are_small_in_cpu_mode():
     cpu, gpu = cpu_config(), gpu_config()
     assert cpu.device == "cpu" and gpu.device == "cuda"
-    assert max(cpu.lstm_T) <= 32 and cpu.copy_steps <= 50 and "--quick" in cpu.bench_args and cpu.test_k
+    assert max(T for T, *_ in cpu.lstm_rows) <= 32 and cpu.copy_steps <= 50 and "--quick" in cpu.bench_args and cpu.test_k
     assert gpu.test_k is None and gpu.test_paths == ("tests/test_triton.py",)  # every CUDA test on a GPU
-    assert gpu.lstm_T == (128, 1024) and gpu.k_top == 5 and gpu.k_trunc == 5 and gpu.roofline_T == 65536
+    # The fused-Triton-sequence issue's rows: (T, B, H, timed reps).
+    assert [r[:3] for r in gpu.lstm_rows] == [(128, 8, 64), (100, 64, 128), (1000, 64, 128), (4096, 16, 128)]
+    assert gpu.per_step_max_T == 1000 and gpu.k_top == 5 and gpu.k_trunc == 5 and gpu.roofline_T == 65536
 
 
 def test_device_event_ms_reads_profiler_events():

@@ -22,11 +22,9 @@ class CheckConfig:
     target_dtype: str
     speedup_min_T: int  # fused fwd+bwd vs eager / compiled at T >= this
     roofline_T: int  # forward bandwidth roofline at this T
-    # SAB-LSTM vs nn.LSTM training step.
-    lstm_T: Tuple[int, ...]
-    lstm_B: int
-    lstm_hidden: int
-    lstm_reps: Tuple[int, ...]  # timed steps per T (after warm-up)
+    # SAB-LSTM (fused and per-step paths) vs nn.LSTM: training step and inference, rows of (T, B, H, timed reps).
+    lstm_rows: Tuple[Tuple[int, int, int, int], ...]
+    per_step_max_T: int  # the per-step path is timed up to this T
     lstm_warmup: int
     sync_T: int  # sequence length of the host-sync count
     # Copy-task training.
@@ -58,10 +56,8 @@ def gpu_config() -> CheckConfig:
         target_dtype="bfloat16",
         speedup_min_T=4096,
         roofline_T=65536,
-        lstm_T=(128, 1024),
-        lstm_B=32,
-        lstm_hidden=128,
-        lstm_reps=(10, 3),
+        lstm_rows=((128, 8, 64, 10), (100, 64, 128, 10), (1000, 64, 128, 3), (4096, 16, 128, 2)),  # the rows
+        per_step_max_T=1000,
         lstm_warmup=2,
         sync_T=128,
         copy_T=10,
@@ -87,11 +83,9 @@ def cpu_config() -> CheckConfig:
         target_dtype="float32",
         speedup_min_T=64,
         roofline_T=256,
-        # The interpreter costs about 0.1 s per kernel launch, two launches per SAB step: a few steps only.
-        lstm_T=(4, 8),
-        lstm_B=4,
-        lstm_hidden=16,
-        lstm_reps=(1, 1),
+        # The interpreter runs one program after another on numpy: a few steps only.
+        lstm_rows=((4, 4, 16, 1), (8, 4, 16, 1)),
+        per_step_max_T=8,
         lstm_warmup=1,
         sync_T=4,
         copy_T=3,

@@ -64,14 +64,16 @@ def plots(out_dir: str, steps: List[StepResult], footer: str) -> List[str]:
     written = []
     model = next((s for s in steps if s.name == "sab-lstm" and s.data.get("times")), None)
     if model is not None:
-        times = model.data["times"]
+        times = {(n, label): ms for (n, mode, label), ms in model.data["times"].items() if mode == "train"}
         names = list(dict.fromkeys(n for n, _ in times))
-        Ts = sorted({T for _, T in times})
-        fig, ax = plt.subplots(figsize=(6, 3.6))
+        labels = list(dict.fromkeys(label for _, label in times))
+        fig, ax = plt.subplots(figsize=(7, 3.8))
         width = 0.8 / len(names)
         for i, n in enumerate(names):
-            ax.bar([j + i * width for j in range(len(Ts))], [times[(n, T)] for T in Ts], width, label=n)
-        ax.set_xticks([j + width * (len(names) - 1) / 2 for j in range(len(Ts))], [f"T={T}" for T in Ts])
+            ax.bar([j + i * width for j in range(len(labels))], [times.get((n, label), float("nan")) for label in labels],
+                   width, label=n)
+        ax.set_xticks([j + width * (len(names) - 1) / 2 for j in range(len(labels))],
+                      [label.replace(" ", "\n") for label in labels], fontsize=7)
         ax.set_yscale("log")
         ax.set_ylabel("ms per training step")
         ax.legend()
