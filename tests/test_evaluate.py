@@ -54,7 +54,7 @@ def test_only_model_files_load(tmp_path):
     truncated = tmp_path / "truncated.pt"
     _, path = _saved(tmp_path)
     truncated.write_bytes(open(path, "rb").read()[:100])
-    with pytest.raises(ValueError, match="not a readable"):
+    with pytest.raises(ValueError, match="not a readable.*truncated or damaged"):
         load_model(str(truncated))
 
 
@@ -89,6 +89,7 @@ def test_evaluate_on_a_file_that_is_no_model_says_so_in_one_line(tmp_path, capsy
         assert evaluate.main([path]) == 2, name
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "not a" in err and "weights_only" not in err, (name, err)
+        assert ("not a file written by torch.save" in err) == (name == "notes.txt"), (name, err)
 
 
 def test_a_failed_save_leaves_the_previous_file(tmp_path, monkeypatch):

@@ -33,11 +33,16 @@ def load_error(path: str, exc: BaseException) -> str:
     weights_only=False: this package never loads a file that could run code."""
     if os.path.getsize(path) == 0:
         return "the file is empty"
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; a bare pickle starts with its protocol byte
+        with open(path, "rb") as f:
+            head = f.read(2)
+        if head == b"PK":
+            return "a truncated or damaged torch.save file"
+        if head[:1] != b"\x80":
+            return "it is not a file written by torch.save"
     if isinstance(exc, pickle.UnpicklingError) or "weights only" in str(exc).lower():
         return ("it holds Python objects other than plain tensors, numbers, strings, lists and dicts, which this "
                 "package refuses to load")
-    if not zipfile.is_zipfile(path) and isinstance(exc, (KeyError, EOFError, pickle.UnpicklingError, ValueError)):
-        return "it is not a file written by torch.save"
     first = " ".join(str(exc).split()).split(". ")[0]  # torch's messages run to several sentences
     return f"{type(exc).__name__}: {first}"
 
