@@ -1,5 +1,6 @@
 """Registers, spills and shared memory of the fused SAB-LSTM Triton kernels on sm_90, compiled ahead of time
-with no GPU (Triton's own ptxas), at the tile sizes `sab_lstm_triton.blocks` picks for a GPU:
+with no GPU (by Triton's own ptxas, read back with its cuobjdump), at the tile sizes `sab_lstm_triton.blocks`
+picks for a GPU:
 
     python -m sab_kernels.bench.triton_registers [--dtypes fp32,fp64] [--hidden 64,128,256]
 
@@ -43,23 +44,21 @@ def _compile(fn, pointers, dtype: str, constexprs: dict, num_warps: int):
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
 
 
-def _ptxas_info(ptx: str) -> Dict[str, int]:
-    """Registers and spill bytes from Triton's ptxas -v."""
+def _resource_usage(cubin: bytes) -> Dict[str, int]:
+    """Registers, stack and local memory (spilled registers land there) per thread, from the cubin Triton built,
+    read with the cuobjdump it ships (each Triton release's own ptxas made the cubin)."""
     import triton
 
-    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     with tempfile.TemporaryDirectory() as d:
-        path = os.path.join(d, "k.ptx")
-        with open(path, "w") as f:
-            f.write(ptx)
-        done = subprocess.run([ptxas, "-v", "--gpu-name", "sm_90a", path, "-o", os.path.join(d, "k.cubin")],
-                              capture_output=True, text=True)
-    text = done.stdout + done.stderr
+        path = os.path.join(d, "k.cubin")
+        with open(path, "wb") as f:
+            f.write(cubin)
+        done = subprocess.run([tool, "--dump-resource-usage", path], capture_output=True, text=True)
     if done.returncode != 0:
-        raise RuntimeError(f"ptxas failed: {text[-2000:]}")
-    regs = re.search(r"Used (\d+) registers", text)
-    spill = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", text)
-    return dict(registers=int(regs.group(1)), spill_stores=int(spill.group(1)), spill_loads=int(spill.group(2)))
+        raise RuntimeError(f"cuobjdump failed: {(done.stdout + done.stderr)[-2000:]}")
+    usage = {k: int(v) for k, v in re.findall(r"\b(REG|STACK|LOCAL):(\d+)", done.stdout)}
+    return dict(registers=usage["REG"], stack_bytes=usage["STACK"], local_bytes=usage["LOCAL"])
 
 
 def report(dtypes: Sequence[str] = ("fp32",), hidden: Sequence[int] = (64, 128, 256), k_top: int = 5) -> List[Dict]:
@@ -84,15 +83,19 @@ def report(dtypes: Sequence[str] = ("fp32",), hidden: Sequence[int] = (64, 128, 
                                                ("backward", _sab_lstm_bwd_kernel, BWD_POINTERS, bwd)):
                 kernel = _compile(fn, pointers, dtype, consts, bl["num_warps"])
                 rows.append(dict(dtype=dtype, H=H, kernel=name, num_warps=bl["num_warps"],
-                                 shared_bytes=int(kernel.metadata.shared), **_ptxas_info(kernel.asm["ptx"])))
+                                 shared_bytes=int(kernel.metadata.shared), **_resource_usage(kernel.asm["cubin"])))
     return rows
 
 
 def table(rows: List[Dict]) -> str:
-    lines = ["| dtype | H = D | kernel | warps | registers | spill stores | spill loads | shared |",
+    import triton
+
+    lines = [f"Triton {triton.__version__}, sm_90, k_top = 5; stack and local memory are per thread (spilled "
+             "registers live there).", "",
+             "| dtype | H = D | kernel | warps | registers | stack | local (spills) | shared |",
              "|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['dtype']} | {r['H']} | {r['kernel']} | {r['num_warps']} | {r['registers']} | {r['spill_stores']} B | "
-              f"{r['spill_loads']} B | {r['shared_bytes']} B |" for r in rows]
+    lines += [f"| {r['dtype']} | {r['H']} | {r['kernel']} | {r['num_warps']} | {r['registers']} | {r['stack_bytes']} B | "
+              f"{r['local_bytes']} B | {r['shared_bytes']} B |" for r in rows]
     return "\n".join(lines)
 
 
