@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from sab_kernels import train
+from sab_kernels.model_file import load_model
 from sab_kernels.tasks import make_task
 from sab_kernels.tasks import mnist5k
 from sab_kernels.tasks.mnist5k import (MNIST5kTask, N_PIXELS, PER_CLASS, data_path, fixed_permutation, read_mnist5k,
@@ -106,6 +107,8 @@ def test_sab_train_on_mnist5k_logs_validation_and_test(tmp_path, capsys):
                 "--threads", "1", "--no-progress", "--eval-size", "8", "--out", str(out)])
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["task"] == "mnist5k" and {"acc", "ce", "val_acc", "val_ce"} <= set(result)
+    _, info = load_model(str(out / "model.pt"), backend="cpu")
+    assert info["task"]["seq_len"] == 784 and info["task"]["permute"] is False  # what the model ran at
     with pytest.raises(SystemExit):
         train.main(["mnist5k", "--data", str(tmp_path), "--out", str(tmp_path / "refused")])
     assert "--data applies to the mnist and chars tasks only" in capsys.readouterr().err

@@ -74,7 +74,9 @@ def model_description(a: Dict[str, Any], task) -> Tuple[Dict[str, Any], Dict[str
     build = dict(kind=a["model"], input_size=task.input_size, hidden_size=a["hidden"], output_size=task.output_size,
                  k_top=a["k_top"], k_att=a["k_att"], k_trunc=a["k_trunc"] or None, attn_dim=a["attn_dim"],
                  eps=a.get("eps", EPS))
-    task_info = dict(name=a["task"], seq_len=a["seq_len"], input=a["input"], permute=not a["no_permute"],
+    # seq_len: the task's own sequence length where it has one (784 for mnist5k, 64 for digits; --seq-len is unused
+    # there), so `evaluate` reports the length the model really ran at.
+    task_info = dict(name=a["task"], seq_len=getattr(task, "seq_len", a["seq_len"]), input=a["input"], permute=not a["no_permute"],
                      seed=a["seed"], data=a["data"], stateful=a.get("stateful", False),
                      memory_window=a.get("memory_window", 0))
     return build, task_info
