@@ -110,6 +110,21 @@ def test_large_T_one_and_many_chunks():
     assert torch.equal(one[0], out.summary) and torch.equal(one[2], out.indices)
 
 
+@pytest.mark.parametrize("case", [Case(2, 300, 4, 3, 280, lengths="ragged"), Case(2, 260, 4, 3, 2**31 - 1)],
+                         ids=["k280-ragged", "dense"])
+def test_large_k_top_goes_to_the_reference_ops_without_a_kernel(case, monkeypatch):
+    """k_top + 1 past MAX_K_PAD (dense attention passes k_top = 2^31 - 1): the reference's PyTorch ops on the same
+    device, not a kernel whose top-k set would not fit registers (and would take minutes to compile)."""
+    from triton.runtime import interpreter
+
+    launches = []
+    original = interpreter.GridExecutor.__call__
+    monkeypatch.setattr(interpreter.GridExecutor, "__call__", lambda self, *a, **k: (launches.append(1), original(self, *a, **k))[1])
+    check_backend("triton", case, torch.float64)
+    assert launches == []
+    assert triton_backend.MAX_K_PAD == 256
+
+
 def test_plan():
     """The interpreter plan keeps one chunk unless told; chunks stay a multiple of the tile and bounded in number."""
     block_t, _, chunk, chunks = triton_backend.forward_plan(32, 4096, 128, 8, interpreted=True)
@@ -341,11 +356,12 @@ try:
 except ImportError as exc:
     print("no AOT API:", exc); sys.exit(77)
 from sab_kernels.kernels import triton_kernels as K
+from sab_kernels.kernels.triton_backend import backward_warps
 
 ACC = {"bf16": tl.float32, "fp16": tl.float32, "fp32": tl.float32, "fp64": tl.float64}
 
 
-def build(fn, ptrs, ints, consts, ones=()):
+def build(fn, ptrs, ints, consts, ones=(), warps=4):
     sig = {name: t for name, t in ptrs}
     sig.update({name: "i32" for name in ints if name not in ones})
     sig.update({name: "constexpr" for name in list(consts) + list(ones)})
@@ -353,7 +369,15 @@ def build(fn, ptrs, ints, consts, ones=()):
     sig = {name: sig[name] for name in order}
     attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(order) if sig[name].startswith("*")}
     src = ASTSource(fn=fn, signature=sig, constexprs={**consts, **{o: 1 for o in ones}}, attrs=attrs)
-    triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+    kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
+    if consts.get("ACC") is not tl.float64:  # float64 spills are known (the sm_90 review); the others must not
+        import subprocess, tempfile
+        tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+        with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+            f.write(kernel.asm["cubin"]); f.flush()
+            usage = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
+        if " LOCAL:0" not in usage or " STACK:0" not in usage:
+            print("spills:", fn.__name__, consts, usage); sys.exit(1)
 
 
 for dt, k_top, D, H, fused, ones in [("bf16", 8, 128, 128, False, ()), ("fp32", 32, 13, 7, True, ()),
@@ -382,7 +406,8 @@ for dt, k_top, D, H, fused, ones in [("bf16", 8, 128, 128, False, ()), ("fp32", 
           + [(n, "*" + dt) for n in ("gq_ptr", "gk_ptr", "gv_ptr")] + [("gwp_ptr", "*fp64" if fp64 else "*fp32")],
           ["T", "K_OUT"],
           dict(D=D, H=H, ACC=ACC[dt], K_PAD=k_pad, BLOCK_D=bd, BLOCK_H=min(triton.next_power_of_2(H), 128), EPS=1e-7),
-          tuple(o for o in ones if o != "NUM_CHUNKS"))
+          tuple(o for o in ones if o != "NUM_CHUNKS"),
+          warps=backward_warps(k_pad, bd, min(triton.next_power_of_2(H), 128)))
 print("compiled")
 '''
 

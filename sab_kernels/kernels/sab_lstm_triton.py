@@ -21,6 +21,7 @@ from torch import Tensor
 from ..reference import EPS
 from . import triton_interpreter_enabled
 from .sab_lstm_triton_kernels import _sab_lstm_bwd_kernel, _sab_lstm_fwd_kernel
+from .triton_backend import LAUNCH_OPTIONS
 
 DTYPES = (torch.float32, torch.float64)
 HALF = (torch.bfloat16, torch.float16)  # inputs only: upcast, with float32 parameters, state and accumulation
@@ -101,7 +102,7 @@ def lstm_forward(x, h0, c0, values, keys, n0: int, w_ih, w_hh, bias, wq, bq, wm,
             T, B, values.shape[1] if mem else 0, n0, step0, k_att, k,
             H=H, D=max(D, 1), H_PAD=bl["H_PAD"], D_PAD=bl["D_PAD"], MEM=mem, K_TOP=max(k, 1), K_PAD=_pow2(k + 1),
             BLOCK_T=bl["BLOCK_T"], BLOCK_D=bl["BLOCK_D"], BLOCK_H=bl["BLOCK_H"], BLOCK_MV=bl["MV_FWD"], ACC=_acc(x.dtype),
-            FP64=x.dtype == torch.float64, EPS=float(eps), num_warps=bl["num_warps"],
+            FP64=x.dtype == torch.float64, EPS=float(eps), num_warps=bl["num_warps"], **LAUNCH_OPTIONS,
         )
     h_n = out[T - 1, :, :H].clone() if T > 0 else h0.clone()
     c_n = C[T - 1].clone() if T > 0 else c0.clone()
@@ -148,7 +149,7 @@ def lstm_backward(g_out, g_h, g_c, g_mem, inputs, saved, n0: int, k_top: int, k_
             dG, dQ if mem else dummy, dh0, dc0, gwp,
             T, B, values.shape[1] if mem else 0, max(S, 1), n0, step0, k_att, k_trunc, k,
             H=H, D=max(D, 1), H_PAD=bl["H_PAD"], D_PAD=bl["D_PAD"], MEM=mem, HAS_GOUT=has_gout, K_PAD=_pow2(k + 1),
-            BLOCK_MV=bl["MV_BWD"], ACC=_acc(x.dtype), EPS=float(eps), num_warps=bl["num_warps"],
+            BLOCK_MV=bl["MV_BWD"], ACC=_acc(x.dtype), EPS=float(eps), num_warps=bl["num_warps"], **LAUNCH_OPTIONS,
         )
     else:
         dG.zero_(), dQ.zero_()

@@ -20,6 +20,13 @@ from ..reference import EPS
 from .triton_kernels import _bwd_kernel, _fwd_chunk_kernel, _fwd_merge_kernel
 
 _MAX_CANDIDATES = 4096  # C_PAD * K_PAD of the merge stage
+# k_top + 1 rounded up past this (dense attention: SABLSTM(k_top=None) passes k_top = T) goes to the reference
+# backend's PyTorch ops on the same device (a sort and a dense softmax): the kernels hold the top-(k+1) set in
+# registers, and at K_PAD = 2048 the backward took 98 s to compile and spilled 5.5 KB per thread (sm_90 review).
+MAX_K_PAD = 256
+# Compile options passed on every launch, not left to the release's default (Triton 3.10 changes
+# enable_fp_fusion's): fused multiply-adds, as Triton 3.7 to 3.9 compile by default.
+LAUNCH_OPTIONS = dict(enable_fp_fusion=True)
 # GPU tuning knobs (set from reasoning and sm_90 register counts, not yet measured on a GPU):
 _MIN_TILES_TO_SPLIT = 16  # rows shorter than this many tiles run as one fused launch
 _PROGRAMS_PER_SM = 4  # chunked rows: aim for this many stage-1 programs per SM
@@ -89,6 +96,8 @@ def forward(query, keys, values, score_weight, k_top: int, lengths, eps: float =
     B, T, D = keys.shape
     H = values.shape[2]
     k = min(k_top, T)
+    if _pow2(k + 1) > MAX_K_PAD:
+        return _large_k().forward(query, keys, values, score_weight, k, lengths, eps)
     dtype, dev = values.dtype, values.device
     query, keys, values, score_weight = (t.contiguous() for t in (query, keys, values, score_weight))
     lengths = lengths.to(device=dev, dtype=torch.int64).contiguous()
@@ -113,7 +122,7 @@ def forward(query, keys, values, score_weight, k_top: int, lengths, eps: float =
         cand_key = torch.empty((B * num_chunks * k_pad,), dtype=key_dtype, device=dev)
         cand_idx = torch.empty((B * num_chunks * k_pad,), dtype=torch.int32, device=dev)
     acc = _acc(dtype)
-    warps = {} if interpreted else {"num_warps": 4}
+    warps = dict(LAUNCH_OPTIONS, **({} if interpreted else {"num_warps": 4}))
     with _device_guard(dev):
         _fwd_chunk_kernel[(B * num_chunks,)](
             query, keys, score_weight, lengths, values, cand_key, cand_idx,
@@ -140,6 +149,9 @@ def backward(grad_summary, grad_weights, query, keys, values, score_weight, k_to
     score_weight gradient is reduced from per-row partials here, in a fixed order.
     """
     B, T, D = keys.shape
+    if _pow2(min(k_top, T) + 1) > MAX_K_PAD:
+        return _large_k().backward(grad_summary, grad_weights, query, keys, values, score_weight, min(k_top, T), lengths,
+                                   weights, indices, threshold, eps)
     H = values.shape[2]
     k = min(k_top, T)
     dtype, dev = values.dtype, values.device
@@ -156,7 +168,7 @@ def backward(grad_summary, grad_weights, query, keys, values, score_weight, k_to
     grad_keys = torch.zeros((B, T, D), dtype=dtype, device=dev)
     grad_values = torch.zeros((B, T, H), dtype=dtype, device=dev)
     grad_w_rows = torch.empty((B, D), dtype=acc_dtype, device=dev)
-    warps = {} if interpreted else {"num_warps": 8 if k_pad * max(block_d, block_h) >= 8192 else 4}
+    warps = dict(LAUNCH_OPTIONS, **({} if interpreted else {"num_warps": backward_warps(k_pad, block_d, block_h)}))
     with _device_guard(dev):
         _bwd_kernel[(B,)](
             grad_summary, grad_weights, query, keys, values, score_weight, indices, threshold,
@@ -165,6 +177,18 @@ def backward(grad_summary, grad_weights, query, keys, values, score_weight, k_to
             D=D, H=H, ACC=_acc(dtype), K_PAD=k_pad, BLOCK_D=block_d, BLOCK_H=block_h, EPS=eps, **warps,
         )
     return grad_query, grad_keys, grad_values, grad_w_rows.sum(0).to(dtype)
+
+
+def backward_warps(k_pad: int, block_d: int, block_h: int) -> int:
+    """Warps of the backward on a GPU: 8 for wide tiles and for K_PAD >= 64, where 4 warps spill (sm_90, float32:
+    8 bytes of stack at K_PAD = 64, measured with bench/triton_registers' cuobjdump reading), 4 otherwise."""
+    return 8 if k_pad >= 64 or k_pad * max(block_d, block_h) >= 8192 else 4
+
+
+def _large_k():
+    from . import reference_backend
+
+    return reference_backend
 
 
 def _device_guard(dev: torch.device):

@@ -26,8 +26,9 @@ Backward (`_bwd_kernel`, grid B): recomputes the k selected + threshold rows' sc
 the Jacobian exactly as `reference_backward`, writes grad rows of keys/values at those slots, grad_query,
 and per-row partials of grad_score_weight (summed on the host: deterministic, no atomics).
 
-Accumulation in float32 (float16/bfloat16/float32 inputs) or float64 (float64 inputs). tanh is
-2 * sigmoid(2x) - 1 (the interpreter has no libdevice). Row offsets are int64.
+Accumulation in float32 (float16/bfloat16/float32 inputs) or float64 (float64 inputs). tanh is libdevice's when
+compiled, 2 * sigmoid(2x) - 1 in the interpreter (which has no libdevice; TRITON_INTERPRET is read once, when this
+module is imported). Row offsets are int64.
 """
 
 from __future__ import annotations
@@ -35,11 +36,22 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from . import triton_interpreter_enabled
 
 
-@triton.jit
-def _tanh(x):
-    return 2.0 * tl.sigmoid(2.0 * x) - 1.0
+
+if triton_interpreter_enabled():  # the interpreter has no libdevice
+
+    @triton.jit
+    def _tanh(x):
+        return 2.0 * tl.sigmoid(2.0 * x) - 1.0
+
+else:  # one special-function op per element, where the sigmoid form costs two (sm_90 review)
+    from triton.language.extra import libdevice
+
+    @triton.jit
+    def _tanh(x):
+        return libdevice.tanh(x)
 
 
 @triton.jit
