@@ -339,8 +339,8 @@ def test_the_fused_sequence_ops_pass_opcheck():
     h0, c0 = torch.randn(2, 4, dtype=torch.float64), torch.randn(2, 4, dtype=torch.float64)
     memory = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
     args = (x, h0, c0, memory, core.weight_ih, core.weight_hh, core.bias_ih, core.bias_hh, m.query_proj.weight,
-            m.query_proj.bias, m.key_proj.weight, m.score_weight, 2, 2, 3, 1, 1e-7)
+            m.query_proj.bias, m.key_proj.weight, m.score_weight, 2, 2, 3, 1, 1e-7, "cpu")
     torch.library.opcheck(sab_lstm_op._forward_op, args)
     args0 = (x, h0, c0, None, core.weight_ih, core.weight_hh, core.bias_ih, core.bias_hh, None, None, None, None,
-             0, 1, 3, 0, 1e-7)
+             0, 1, 3, 0, 1e-7, "cpu")
     torch.library.opcheck(sab_lstm_op._forward_op, args0)

@@ -79,10 +79,11 @@ def report(dtypes: Sequence[str] = ("fp32",), hidden: Sequence[int] = (64, 128, 
             fwd = dict(common, K_TOP=k_top, BLOCK_T=bl["BLOCK_T"], BLOCK_D=bl["BLOCK_D"], BLOCK_H=bl["BLOCK_H"],
                        BLOCK_MV=bl["MV_FWD"], FP64=dtype == "fp64")
             bwd = dict(common, HAS_GOUT=True, BLOCK_MV=bl["MV_BWD"])
-            for name, fn, pointers, consts in (("forward", _sab_lstm_fwd_kernel, FWD_POINTERS, fwd),
-                                               ("backward", _sab_lstm_bwd_kernel, BWD_POINTERS, bwd)):
-                kernel = _compile(fn, pointers, dtype, consts, bl["num_warps"])
-                rows.append(dict(dtype=dtype, H=H, kernel=name, num_warps=bl["num_warps"],
+            for name, fn, pointers, consts, warps in (
+                    ("forward", _sab_lstm_fwd_kernel, FWD_POINTERS, fwd, bl["WARPS_FWD"]),
+                    ("backward", _sab_lstm_bwd_kernel, BWD_POINTERS, bwd, bl["WARPS_BWD"])):
+                kernel = _compile(fn, pointers, dtype, consts, warps)
+                rows.append(dict(dtype=dtype, H=H, kernel=name, num_warps=warps,
                                  shared_bytes=int(kernel.metadata.shared), **_resource_usage(kernel.asm["cubin"])))
     return rows
 

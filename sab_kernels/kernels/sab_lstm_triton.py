@@ -57,18 +57,19 @@ def unsupported_reason(x: Tensor, k_top: Optional[int], param_dtype: torch.dtype
 
 def blocks(H: int, D: int, interpreted: bool) -> dict:
     """Tile sizes and warps of both kernels. The interpreter runs one program after another on numpy: whole
-    tiles are fastest there. On a GPU (sm_90, 4 warps): key tiles of 4K elements, and matrix-vector tiles of
-    (max(H, D), BLOCK_MV) with 4K elements in the forward and 2K in the backward, which holds more live
-    vectors. ptxas then spills nothing for float32 at H = D = 64, 128, 256 (bench/triton_registers.py)."""
+    tiles are fastest there. On a GPU (sm_90): key tiles of 4K elements; matrix-vector tiles of (max(H, D),
+    BLOCK_MV) with 4K elements and 8 warps in the forward, 2K elements and 4 warps in the backward. Chosen from
+    the cubins' resource usage (bench/triton_registers.py, Triton 3.7.1 with libdevice tanh): neither kernel
+    spills for float32 at H = D = 64, 128, 256, where 4-warp forwards and 4K-element backward tiles did."""
     H_PAD, D_PAD = _pow2(H), _pow2(max(D, 1))
     wide = max(H_PAD, D_PAD)
     if interpreted:
         return dict(H_PAD=H_PAD, D_PAD=D_PAD, BLOCK_T=64, BLOCK_D=min(D_PAD, 256), BLOCK_H=min(H_PAD, 256),
-                    MV_FWD=wide, MV_BWD=wide, num_warps=1)
+                    MV_FWD=wide, MV_BWD=wide, WARPS_FWD=1, WARPS_BWD=1)
     block_d = min(D_PAD, 128)
     return dict(H_PAD=H_PAD, D_PAD=D_PAD, BLOCK_T=max(16, 4096 // block_d), BLOCK_D=block_d, BLOCK_H=min(H_PAD, 64),
-                MV_FWD=max(1, min(wide, 4096 // wide)), MV_BWD=max(1, min(wide, (4096 if wide <= 64 else 2048) // wide)),
-                num_warps=4)
+                MV_FWD=max(1, min(wide, 4096 // wide)), MV_BWD=max(1, min(wide, 2048 // wide)), WARPS_FWD=8,
+                WARPS_BWD=4)
 
 
 def lstm_forward(x, h0, c0, values, keys, n0: int, w_ih, w_hh, bias, wq, bq, wm, w, k_top: int, k_att: int,
@@ -102,7 +103,7 @@ def lstm_forward(x, h0, c0, values, keys, n0: int, w_ih, w_hh, bias, wq, bq, wm,
             T, B, values.shape[1] if mem else 0, n0, step0, k_att, k,
             H=H, D=max(D, 1), H_PAD=bl["H_PAD"], D_PAD=bl["D_PAD"], MEM=mem, K_TOP=max(k, 1), K_PAD=_pow2(k + 1),
             BLOCK_T=bl["BLOCK_T"], BLOCK_D=bl["BLOCK_D"], BLOCK_H=bl["BLOCK_H"], BLOCK_MV=bl["MV_FWD"], ACC=_acc(x.dtype),
-            FP64=x.dtype == torch.float64, EPS=float(eps), num_warps=bl["num_warps"], **LAUNCH_OPTIONS,
+            FP64=x.dtype == torch.float64, EPS=float(eps), num_warps=bl["WARPS_FWD"], **LAUNCH_OPTIONS,
         )
     h_n = out[T - 1, :, :H].clone() if T > 0 else h0.clone()
     c_n = C[T - 1].clone() if T > 0 else c0.clone()
@@ -149,7 +150,7 @@ def lstm_backward(g_out, g_h, g_c, g_mem, inputs, saved, n0: int, k_top: int, k_
             dG, dQ if mem else dummy, dh0, dc0, gwp,
             T, B, values.shape[1] if mem else 0, max(S, 1), n0, step0, k_att, k_trunc, k,
             H=H, D=max(D, 1), H_PAD=bl["H_PAD"], D_PAD=bl["D_PAD"], MEM=mem, HAS_GOUT=has_gout, K_PAD=_pow2(k + 1),
-            BLOCK_MV=bl["MV_BWD"], ACC=_acc(x.dtype), EPS=float(eps), num_warps=bl["num_warps"], **LAUNCH_OPTIONS,
+            BLOCK_MV=bl["MV_BWD"], ACC=_acc(x.dtype), EPS=float(eps), num_warps=bl["WARPS_BWD"], **LAUNCH_OPTIONS,
         )
     else:
         dG.zero_(), dQ.zero_()
