@@ -31,7 +31,7 @@ from torch.autograd.function import once_differentiable
 
 from ..reference import EPS
 from . import sab_lstm_op
-from .slot_buffers import SlotBuffers, alias
+from .slot_buffers import SlotBuffers, alias, slots_written
 
 DTYPES = (torch.float32, torch.float64)
 BACKENDS = ("cpu", "triton")
@@ -59,11 +59,6 @@ def unsupported_reason(x: Tensor, backend: str = "cpu", k_top: Optional[int] = 5
     if x.dtype not in DTYPES:
         return f"it supports float32 and float64, got {x.dtype}"
     return None
-
-
-def slots_written(T: int, step0: int, k_att: int) -> int:
-    """How many slots steps [step0, step0 + T) write (one every k_att steps)."""
-    return (step0 + T) // k_att - step0 // k_att
 
 
 class _FusedSequence(torch.autograd.Function):

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from .cpu_backend import _C
-from .slot_buffers import SlotBuffers
+from .slot_buffers import SlotBuffers, slots_written
 
 
 def cpu_kernels_available() -> bool:
@@ -37,10 +37,6 @@ def kernels(backend: str):
     return _C
 
 
-def _slots_after(n0: int, T: int, step0: int, k_att: int) -> int:
-    return n0 + (step0 + T) // k_att - step0 // k_att
-
-
 def _empty(x: Tensor) -> Tensor:
     return x.new_empty(0)
 
@@ -54,7 +50,7 @@ def _forward_op(
     bias = (bias_ih + bias_hh).contiguous()
     if k_top > 0:
         n0 = memory.shape[1]
-        extra = _slots_after(n0, x.shape[0], step0, k_att) - n0
+        extra = slots_written(x.shape[0], step0, k_att)
         buf = SlotBuffers.from_slots(memory, key_weight, extra, capacity=n0 + extra)
         values, keys = buf.values, buf.keys
         att = [t.contiguous() for t in (query_weight, query_bias, key_weight, score_weight)]
@@ -75,7 +71,7 @@ def _forward_fake(x, h0, c0, memory, weight_ih, weight_hh, bias_ih, bias_hh, que
     H = h0.shape[1]
     mem = k_top > 0
     D = query_weight.shape[0] if mem else 0
-    S = _slots_after(memory.shape[1], T, step0, k_att) if mem else 0
+    S = memory.shape[1] + slots_written(T, step0, k_att) if mem else 0
     k = min(k_top, S) if mem else 0
     Tm = T if mem else 0
     long = dict(dtype=torch.int64)

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from ..reference import EPS
 from . import triton_interpreter_enabled
+from .slot_buffers import slots_written
 from .sab_lstm_triton_kernels import _sab_lstm_bwd_kernel, _sab_lstm_fwd_kernel
 from .triton_backend import LAUNCH_OPTIONS
 
@@ -34,10 +35,6 @@ def _pow2(n: int) -> int:
 
 def _acc(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
-
-
-def slots_after(n0: int, T: int, step0: int, k_att: int) -> int:
-    return n0 + (step0 + T) // k_att - step0 // k_att
 
 
 def unsupported_reason(x: Tensor, k_top: Optional[int], param_dtype: torch.dtype = torch.float32) -> Optional[str]:
@@ -79,7 +76,7 @@ def lstm_forward(x, h0, c0, values, keys, n0: int, w_ih, w_hh, bias, wq, bq, wm,
     H = h0.shape[1]
     mem = k_top > 0
     D = wq.shape[0] if mem else 0
-    S = slots_after(n0, T, step0, k_att) if mem else 0
+    S = n0 + slots_written(T, step0, k_att) if mem else 0
     k = min(k_top, S) if mem else 0
     Tm = T if mem else 0
     opts = dict(dtype=x.dtype, device=x.device)
@@ -125,7 +122,7 @@ def lstm_backward(g_out, g_h, g_c, g_mem, inputs, saved, n0: int, k_top: int, k_
     H = h0.shape[1]
     mem = k_top > 0
     D = wq.shape[0] if mem else 0
-    S = slots_after(n0, T, step0, k_att) if mem else 0
+    S = n0 + slots_written(T, step0, k_att) if mem else 0
     k = IDX.shape[2] if mem else 0
     opts = dict(dtype=x.dtype, device=x.device)
     given = lambda t: t is not None and t.numel() > 0  # noqa: E731

@@ -136,5 +136,10 @@ class SlotBuffers:
         return new
 
 
+def slots_written(T: int, step0: int, k_att: int) -> int:
+    """How many slots steps [step0, step0 + T) write (one every k_att steps): what a call reserves."""
+    return (step0 + T) // k_att - step0 // k_att
+
+
 def _grown(needed: int) -> int:
     return max(MIN_CAPACITY, GROWTH * needed)
