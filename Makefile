@@ -50,6 +50,7 @@ BENCH_LSTM_OUT ?= runs/bench-lstm
 bench-lstm: install
 	$(PY) -m sab_kernels.bench.lstm_table --threads 1 --out $(BENCH_LSTM_OUT)
 	$(PY) -m sab_kernels.bench.lstm_state --threads 1 --out $(BENCH_LSTM_OUT)
+	$(PY) -m sab_kernels.bench.lstm_bounded --threads 1 --out $(BENCH_LSTM_OUT)
 
 bench-cuda: install
 	$(PY) -m sab_kernels.bench --device cuda --out $(BENCH_CUDA_OUT)

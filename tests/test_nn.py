@@ -207,7 +207,7 @@ def test_unselected_slots_graphs_are_never_visited():
 
 def test_build_model_kinds_run():
     x = torch.randn(2, 7, 3)
-    for kind in ("sab", "tbptt", "bptt", "dense", "lstm"):
+    for kind in ("sab", "tbptt", "bptt", "dense", "lstm", "sab-gru", "gru"):
         m = build_model(kind, 3, 5, 4, k_top=2, k_att=2, k_trunc=3, backend=BACKEND)
         y = m(x)
         assert y.shape == (2, 7, 4)
@@ -215,7 +215,7 @@ def test_build_model_kinds_run():
         missing = [n for n, p in m.named_parameters() if p.grad is None]
         assert not missing, f"{kind}: no gradient for {missing}"
     with pytest.raises(ValueError, match="kind"):
-        build_model("gru", 3, 5, 4)
+        build_model("transformer", 3, 5, 4)
 
 
 def test_step_autograd_inputs_do_not_grow_with_slots():

@@ -40,6 +40,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from sab_kernels._validation import check_eps
+from sab_kernels.kernels.bounded_slots import SlotIndex
 from sab_kernels.kernels.slot_buffers import SlotBuffers, alias
 from sab_kernels.op import backward_impl, forward_impl
 from sab_kernels.reference import EPS
@@ -186,14 +187,22 @@ class _Export(torch.autograd.Function):
 class _Attend(torch.autograd.Function):
     """summary = op(query, keys[:, :n], values[:, :n], w); slot gradients go to the mailbox.
 
-    Inputs: (mailbox, keys, values, n, k_top, backend, eps, query (B, D), score_weight (D,), key_weight W_m (D, H),
-    token_n). keys/values are the whole buffers at this step (rows below n never change afterwards);
-    token_n orders this node's backward before that of every _Write of a slot below n.
+    Inputs: (mailbox, keys, values, n, k_top, backend, eps, index, query (B, D), score_weight (D,), key_weight
+    W_m (D, H), token_n). keys/values are the whole buffers at this step (rows below n never change afterwards);
+    token_n orders this node's backward before that of every _Write of a slot below n. index: None, or the
+    SlotIndex of a bounded memory: the op then runs over the `index.count` active slots of each row (gathered,
+    in write order) and indices/threshold come back as global slots, so the backward below is the same.
     """
 
     @staticmethod
-    def forward(ctx, mailbox, keys, values, n, k_top, backend, eps, query, score_weight, key_weight, token):
-        summary, weights, indices, threshold = _op_forward(query, keys, values, score_weight, n, k_top, backend, eps)
+    def forward(ctx, mailbox, keys, values, n, k_top, backend, eps, index, query, score_weight, key_weight, token):
+        if index is None:
+            summary, weights, indices, threshold = _op_forward(query, keys, values, score_weight, n, k_top, backend, eps)
+        else:
+            n = index.count
+            summary, weights, indices, threshold = _op_forward(query, index.gather(keys), index.gather(values),
+                                                               score_weight, n, k_top, backend, eps)
+            indices, threshold = index.to_global(indices), index.to_global(threshold[:, None])[:, 0]
         ctx.save_for_backward(query, score_weight, key_weight, weights, indices, threshold)
         ctx.mailbox, ctx.keys, ctx.values, ctx.n, ctx.k_top, ctx.backend = mailbox, keys, values, n, k_top, backend
         ctx.eps = eps
@@ -238,7 +247,7 @@ class _Attend(torch.autograd.Function):
         )
         # Unused entries have exactly zero gradient (and go to a sink row below).
         g_key_weight = None
-        if ctx.needs_input_grad[8]:
+        if ctx.needs_input_grad[10]:
             # k_i = W_m m_i: dL/dW_m = sum_i dk_i m_i^T.
             g_key_weight = g_k.reshape(-1, D).t() @ v_c.reshape(-1, H)
         # dL/dm_i = dL/dv_i + W_m^T dk_i, into the mailbox: row (slot + 1) B + b, so unused entries (slot -1)
@@ -248,7 +257,7 @@ class _Attend(torch.autograd.Function):
         grads.index_add_(0, (rows * B + batch_sink).reshape(-1), g_rows)  # distinct rows (but the sink): deterministic
         touched.update(rows.reshape(-1).tolist())
         touched.discard(-1)
-        return None, None, None, None, None, None, None, g_query, g_w, g_key_weight, None
+        return None, None, None, None, None, None, None, None, g_query, g_w, g_key_weight, None
 
 
 class MemoryState:
@@ -257,14 +266,16 @@ class MemoryState:
 
     `buffers` (SlotBuffers) hold the slots m_i and their keys W_m m_i in their first n rows; this state may
     write rows [n, claimed) in place (it reserved them). `token` heads the chain of write nodes (None without
-    autograd). `values` (B, capacity, H) and `keys` (B, capacity, D) are the buffers themselves.
+    autograd). `values` (B, capacity, H) and `keys` (B, capacity, D) are the buffers themselves. `index`: the
+    SlotIndex of a bounded memory (the slots each row attends over), None when unbounded.
     """
 
-    __slots__ = ("buffers", "n", "claimed", "mailbox", "token")
+    __slots__ = ("buffers", "n", "claimed", "mailbox", "token", "index")
 
-    def __init__(self, buffers: SlotBuffers, n: int, mailbox: _Mailbox):
+    def __init__(self, buffers: SlotBuffers, n: int, mailbox: _Mailbox, index: Optional[SlotIndex] = None):
         self.buffers, self.n, self.claimed, self.mailbox = buffers, n, buffers.used, mailbox
         self.token: Optional[Tensor] = None
+        self.index = index
 
     @property
     def values(self) -> Tensor:
@@ -305,13 +316,15 @@ class SparseAttentiveMemory(nn.Module):
         self.score_weight = nn.Parameter(torch.empty(attn_dim))
         nn.init.uniform_(self.score_weight, -attn_dim**-0.5, attn_dim**-0.5)
 
-    def start(self, slots: Tensor, capacity: int = 64, buffers: Optional[SlotBuffers] = None) -> MemoryState:
+    def start(self, slots: Tensor, capacity: int = 64, buffers: Optional[SlotBuffers] = None,
+              index: Optional[SlotIndex] = None) -> MemoryState:
         """A memory holding `slots` (B, n0, H) (n0 >= 1), room for `capacity` slots in all (it grows).
 
         `buffers`: the SlotBuffers whose first n0 rows hold `slots` and their keys (a continued sequence's);
         the new slots are then appended to them in place when this call holds their newest row (see
         SlotBuffers.reserve), and no earlier key is recomputed. Without them, new buffers are made.
-        The slots stay graph-connected: gradient the attentions send them reaches their graph."""
+        The slots stay graph-connected: gradient the attentions send them reaches their graph.
+        `index`: a bounded memory's SlotIndex over these n0 slots (see kernels/bounded_slots.py), or None."""
         if not isinstance(slots, Tensor) or slots.dim() != 3:
             raise ValueError(f"slots must be a (B, n, H) tensor, got {tuple(slots.shape) if isinstance(slots, Tensor) else type(slots).__name__}")
         B, n0, H = slots.shape
@@ -324,7 +337,7 @@ class SparseAttentiveMemory(nn.Module):
         else:
             dtype = self.score_weight.dtype if torch.is_autocast_enabled(slots.device.type) else slots.dtype
             buffers = SlotBuffers.from_slots(slots.detach().to(dtype), w_m, extra)
-        state = MemoryState(buffers, n0, _Mailbox(B, H))
+        state = MemoryState(buffers, n0, _Mailbox(B, H), index)
         state.mailbox.n = n0
         if torch.is_grad_enabled() and slots.requires_grad:
             # Slots [0, n0) join the token chain: their gradient reaches `slots`' graph through the mailbox.
@@ -347,6 +360,8 @@ class SparseAttentiveMemory(nn.Module):
             buf.values.select(1, n).copy_(h.detach())
         buf.write_keys(n, n + 1, self.key_proj.weight)
         state.n = state.mailbox.n = n + 1
+        if state.index is not None:
+            state.index = state.index.write(n)
         if torch.is_grad_enabled():
             token = state.token
             if token is None:
@@ -358,6 +373,8 @@ class SparseAttentiveMemory(nn.Module):
 
         Returns Attention(summary (B, H), weights (B, k), indices (B, k), threshold (B,)) with
         k = min(k_top, buffer capacity); entries past the n written slots have weight 0 and index -1.
+        A bounded memory (state.index) attends over each row's active slots only (k = min(k_top, count)),
+        indices are global slots, and the weights add to the recent slots' relevance.
         Backward: gradient reaches query_proj, score_weight, key_proj and only the selected/threshold slots'
         graphs. Autograd work per call is O(1) in the number of slots.
         """
@@ -366,16 +383,19 @@ class SparseAttentiveMemory(nn.Module):
         query = self.query_proj(h_hat).to(state.values.dtype)
         # The whole preallocated buffer goes to the op with lengths = n: contiguous, so nothing is copied, and
         # the kernels read only slots below n. Later writes land at rows >= n, which this step never reads.
-        if not torch.is_grad_enabled():
+        index = state.index
+        if not torch.is_grad_enabled() and index is None:
             out = _op_forward(query, state.keys, state.values, self.score_weight.to(query.dtype), n, self.k_top, self.backend,
                               self.eps)
         else:
-            if state.token is None:  # every slot was written without autograd: start the chain here
-                state.token = query.new_zeros(()).requires_grad_(True)
+            if state.token is None and torch.is_grad_enabled():  # every slot was written without autograd:
+                state.token = query.new_zeros(()).requires_grad_(True)  # start the chain here
             out = _Attend.apply(
-                state.mailbox, state.keys, state.values, n, self.k_top, self.backend, self.eps,
+                state.mailbox, state.keys, state.values, n, self.k_top, self.backend, self.eps, index,
                 query, self.score_weight.to(query.dtype), self.key_proj.weight.to(query.dtype), state.token,
             )
+        if index is not None:
+            state.index = index.add_relevance(out[1], index.compact(out[2]))
         return Attention(*out)
 
     def export(self, state: MemoryState) -> Tensor:

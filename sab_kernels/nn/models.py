@@ -6,6 +6,10 @@
     bptt   SABLSTM(k_top=0, k_trunc=None)               full-BPTT LSTM through the same code path
     dense  SABLSTM(k_top=None, k_att, k_trunc)          dense softmax attention over every slot
     lstm   torch.nn.LSTM                                the plain full-BPTT reference (fused ATen kernel)
+    sab-gru  SABGRU(k_top, k_att, k_trunc)              sparse attentive backtracking on a GRU cell
+    gru    torch.nn.GRU                                 the plain full-BPTT GRU
+Every kind takes num_layers and dropout (as nn.LSTM); the SAB kinds also a bounded memory (recent_slots,
+relevant_slots).
 """
 
 from __future__ import annotations
@@ -16,9 +20,9 @@ import torch
 from torch import Tensor, nn
 
 from ..reference import EPS
-from .sab_lstm import SABLSTM, SABState
+from .sab_rnn import SABGRU, SABLSTM, SABState
 
-MODEL_KINDS = ("sab", "tbptt", "bptt", "dense", "lstm")
+MODEL_KINDS = ("sab", "tbptt", "bptt", "dense", "lstm", "sab-gru", "gru")
 
 
 class SequenceModel(nn.Module):
@@ -35,7 +39,8 @@ class SequenceModel(nn.Module):
 
     def forward_chunk(self, x: Tensor, hx=None) -> Tuple[Tensor, Any]:
         """(logits (B, T, O), state): one chunk of a longer sequence. hx: the state the previous chunk returned
-        (None: a fresh sequence); SABLSTM returns a SABState (h, c, memory, step), nn.LSTM (h, c)."""
+        (None: a fresh sequence); SABLSTM returns a SABState (h, c, memory, step), nn.LSTM (h, c), SABGRU and
+        nn.GRU h."""
         out, state = self.core(x, hx)
         return self.head(out), state
 
@@ -69,21 +74,31 @@ def build_model(
     attn_dim: Optional[int] = None,
     backend: str = "auto",
     eps: float = EPS,
+    num_layers: int = 1,
+    dropout: float = 0.0,
+    recent_slots: Optional[int] = None,
+    relevant_slots: Optional[int] = None,
 ) -> SequenceModel:
     """A SequenceModel of the given kind (see the module docstring); batch-first in and out. eps: the
-    sparsifier's epsilon of the models with memory (sab, dense)."""
-    if kind == "lstm":
-        return SequenceModel(nn.LSTM(input_size, hidden_size, batch_first=True), hidden_size, output_size)
-    if kind == "sab":
+    sparsifier's epsilon of the models with memory (sab, dense, sab-gru)."""
+    if kind in ("lstm", "gru"):
+        if recent_slots is not None or relevant_slots is not None:
+            raise ValueError(f"model {kind!r} has no memory to bound (recent_slots, relevant_slots)")
+        rnn = nn.LSTM if kind == "lstm" else nn.GRU
+        core = rnn(input_size, hidden_size, num_layers=num_layers, dropout=dropout, batch_first=True)
+        return SequenceModel(core, hidden_size, output_size)
+    layers = dict(num_layers=num_layers, dropout=dropout, recent_slots=recent_slots, relevant_slots=relevant_slots)
+    if kind in ("sab", "sab-gru"):
         if not k_top or k_top < 1:
-            raise ValueError(f"model 'sab' needs k_top >= 1, got {k_top}")
-        core = SABLSTM(input_size, hidden_size, k_top, k_att, k_trunc, attn_dim, True, backend, eps=eps)
+            raise ValueError(f"model {kind!r} needs k_top >= 1, got {k_top}")
+        rnn = SABLSTM if kind == "sab" else SABGRU
+        core = rnn(input_size, hidden_size, k_top, k_att, k_trunc, attn_dim, True, backend, eps=eps, **layers)
     elif kind == "tbptt":
-        core = SABLSTM(input_size, hidden_size, 0, k_att, k_trunc, attn_dim, True, backend, eps=eps)
+        core = SABLSTM(input_size, hidden_size, 0, k_att, k_trunc, attn_dim, True, backend, eps=eps, **layers)
     elif kind == "bptt":
-        core = SABLSTM(input_size, hidden_size, 0, k_att, None, attn_dim, True, backend, eps=eps)
+        core = SABLSTM(input_size, hidden_size, 0, k_att, None, attn_dim, True, backend, eps=eps, **layers)
     elif kind == "dense":
-        core = SABLSTM(input_size, hidden_size, None, k_att, k_trunc, attn_dim, True, backend, eps=eps)
+        core = SABLSTM(input_size, hidden_size, None, k_att, k_trunc, attn_dim, True, backend, eps=eps, **layers)
     else:
         raise ValueError(f"unknown model kind {kind!r}; choose one of {MODEL_KINDS}")
     return SequenceModel(core, core.output_size, output_size)

@@ -17,15 +17,21 @@ from typing import NamedTuple, Optional
 import torch
 from torch import Tensor
 
+from ..kernels.bounded_slots import SlotIndex
 from ..kernels.slot_buffers import SlotBuffers
 
 
 class SABState(tuple):
-    """(h_n, c_n), each (1, B, H), carrying the rest of the sequence's state:
+    """(h_n, c_n), each (num_layers, B, H), carrying the rest of the sequence's state:
 
     memory: (B, n, H) the slots written so far (graph-connected: gradient from a later chunk reaches them
-        through sparse replay), or None without memory (k_top = 0);
-    step: the number of steps run so far (the phase of truncation and slot writes).
+        through sparse replay), or None without memory (k_top = 0) or with several layers;
+    step: the number of steps run so far (the phase of truncation and slot writes);
+    index: a bounded memory's SlotIndex (which slots each row attends over), else None;
+    layers: with num_layers > 1, each layer's own state (h, c (1, B, H), memory, index), else None;
+    lengths: the (B,) lengths of a call over a ragged batch, else None. Such a state ends rows at different
+        steps (row b's memory holds the slots of its own steps), so it cannot be continued as a whole.
+    A GRU state has c_n = None (SABGRU returns h_n alone, the state riding on it as `h_n.sab_state`).
 
     Unpacks like nn.LSTM's `(h, c)`; pass it back as `hx` to continue the sequence, or `state.detach()` to
     carry it across batches without gradient (stateful training). The slots' keys are cached with the state,
@@ -33,10 +39,12 @@ class SABState(tuple):
     Saved with `torch.save`, a state loads with `torch.load(..., weights_only=True)`.
     """
 
-    def __new__(cls, h: Tensor, c: Tensor, memory: Optional[Tensor] = None, step: int = 0, *,
-                slots: Optional[SlotBuffers] = None):
+    def __new__(cls, h: Tensor, c: Optional[Tensor], memory: Optional[Tensor] = None, step: int = 0, *,
+                slots: Optional[SlotBuffers] = None, index: Optional[SlotIndex] = None,
+                layers: Optional[tuple] = None, lengths: Optional[Tensor] = None):
         self = super().__new__(cls, (h, c))
         self.memory, self.step, self._slots = memory, int(step), slots
+        self.index, self.layers, self.lengths = index, layers, lengths
         return self
 
     def __reduce__(self):
@@ -44,7 +52,7 @@ class SABState(tuple):
         memory = self.memory
         if memory is not None and memory.untyped_storage().nbytes() > memory.numel() * memory.element_size():
             memory = memory.detach().clone()
-        return (SABState, (self[0], self[1], memory, self.step))
+        return (_rebuild_state, (self[0], self[1], memory, self.step, self.index, self.layers, self.lengths))
 
     @property
     def h(self) -> Tensor:
@@ -57,16 +65,25 @@ class SABState(tuple):
     def detach(self) -> "SABState":
         """The same state cut from the graph (the memory's buffers are shared, not copied)."""
         mem = self.memory.detach() if self.memory is not None else None
-        state = SABState(self[0].detach(), self[1].detach(), mem, self.step, slots=self._slots)
+        layers = tuple(s.detach() for s in self.layers) if self.layers is not None else None
+        state = SABState(self[0].detach(), self[1].detach() if self[1] is not None else None, mem, self.step,
+                         slots=self._slots, index=self.index, layers=layers, lengths=self.lengths)
         _remember_like(self, state)
         return state
 
     def __repr__(self) -> str:
         n = None if self.memory is None else self.memory.shape[1]
-        return f"SABState(h={tuple(self[0].shape)}, c={tuple(self[1].shape)}, slots={n}, step={self.step})"
+        c = None if self[1] is None else tuple(self[1].shape)
+        extra = "" if self.layers is None else f", layers={len(self.layers)}"
+        extra += "" if self.lengths is None else ", ragged"
+        return f"SABState(h={tuple(self[0].shape)}, c={c}, slots={n}, step={self.step}{extra})"
 
 
-torch.serialization.add_safe_globals([SABState])
+def _rebuild_state(h, c, memory, step, index=None, layers=None, lengths=None) -> SABState:
+    return SABState(h, c, memory, step, index=index, layers=layers, lengths=lengths)
+
+
+torch.serialization.add_safe_globals([SABState, _rebuild_state])
 
 
 class _Recorded(NamedTuple):
@@ -81,6 +98,9 @@ class _Recorded(NamedTuple):
     rows: Tensor
     step: int
     slots: Optional[SlotBuffers]
+    index: Optional[SlotIndex]
+    layers: Optional[tuple]  # detached per-layer states (several layers)
+    lengths: Optional[Tensor]
 
 
 # The states each module returned, by the storage of their h_n, so that a plain (h, c) that is really a
@@ -91,17 +111,22 @@ _RECORDED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 def remember(owner, state: SABState) -> None:
     """Record a state `owner` (the module) returned."""
-    if not torch.compiler.is_compiling() and state.memory is not None:
+    if not torch.compiler.is_compiling() and (state.memory is not None or state.layers is not None):
         h = state[0]
-        _RECORDED[h.untyped_storage()] = _Recorded(weakref.ref(owner), weakref.ref(h), h.data_ptr(), h.numel(),
-                                                   weakref.ref(state.memory), state.memory.detach(), state.step,
-                                                   state._slots)
+        memory = state.memory
+        layers = tuple(s.detach() for s in state.layers) if state.layers is not None else None
+        _RECORDED[h.untyped_storage()] = _Recorded(
+            weakref.ref(owner), weakref.ref(h), h.data_ptr(), h.numel(),
+            weakref.ref(memory) if memory is not None else (lambda: None),
+            memory.detach() if memory is not None else None, state.step, state._slots, state.index, layers,
+            state.lengths)
 
 
 def _remember_like(old: SABState, new: SABState) -> None:
     entry = _RECORDED.get(old[0].untyped_storage()) if not torch.compiler.is_compiling() else None
     if entry is not None and entry.h() is old[0]:
-        _RECORDED[new[0].untyped_storage()] = entry._replace(h=weakref.ref(new[0]), memory=weakref.ref(new.memory))
+        memory = weakref.ref(new.memory) if new.memory is not None else (lambda: None)
+        _RECORDED[new[0].untyped_storage()] = entry._replace(h=weakref.ref(new[0]), memory=memory)
 
 
 def _recorded_state(owner, h: Tensor) -> Optional[SABState]:
@@ -113,23 +138,43 @@ def _recorded_state(owner, h: Tensor) -> Optional[SABState]:
     if entry is None or entry.owner() is not owner or entry.data_ptr != h.data_ptr() or entry.numel != h.numel():
         return None
     memory = entry.memory() if entry.h() is h else None
-    return SABState(h, h, memory if memory is not None else entry.rows, entry.step, slots=entry.slots)
+    return SABState(h, h, memory if memory is not None else entry.rows, entry.step, slots=entry.slots,
+                    index=entry.index, layers=entry.layers, lengths=entry.lengths)
+
+
+def recorded_state(owner, h: Tensor) -> Optional[SABState]:
+    """The state `owner` returned whose h_n is h, carried on h (SABGRU's `h_n.sab_state`) or found by h's
+    storage (a detached copy of it), else None. Its h and c are not to be used: the caller's are."""
+    carried = getattr(h, "sab_state", None)
+    if isinstance(carried, SABState):
+        return carried
+    return _recorded_state(owner, h)
+
+
+def check_continuable(hx) -> None:
+    if isinstance(hx, SABState) and hx.lengths is not None:
+        raise ValueError(
+            "hx is the state of a call with ragged lengths: its rows ended at different steps, so it cannot "
+            "continue as one sequence. Pass the lengths of the whole sequence to one call, or start afresh from "
+            "its h (and c) by value: (h.clone(), c.clone())")
 
 
 class Resolved(NamedTuple):
     h: Tensor  # (B, H)
-    c: Tensor  # (B, H)
+    c: Optional[Tensor]  # (B, H), None for a GRU
     memory: Optional[Tensor]  # (B, n, H), or None without memory (k_top = 0)
     slots: Optional[SlotBuffers]  # the buffers holding memory, or None (new ones are made from memory)
     step: int
+    index: Optional[SlotIndex] = None  # a bounded memory's slot index (None: make one for the n slots)
 
 
 def _shape(t) -> str:
     return str(tuple(t.shape)) if isinstance(t, Tensor) else type(t).__name__
 
 
-def resolve_hx(owner, x: Tensor, hx, hidden_size: int, has_memory: bool) -> Resolved:
-    """Read `hx` (None, (h0, c0) or an SABState) for a call on x (T, B, I), checking that it fits.
+def resolve_hx(owner, x: Tensor, hx, hidden_size: int, has_memory: bool, has_c: bool = True) -> Resolved:
+    """Read one layer's `hx` for a call on x (T, B, I), checking that it fits: None; for an LSTM (h0, c0) or an
+    SABState; for a GRU h0 or an SABState (c None).
 
     Errors name `hx` and what was expected: shape (1, B, H) or (B, H) for h and c; a floating dtype equal to
     x's (outside autocast) and x's device for every tensor; memory (B, n >= 1, H) of h's dtype; step an int >= 0.
@@ -137,32 +182,42 @@ def resolve_hx(owner, x: Tensor, hx, hidden_size: int, has_memory: bool) -> Reso
     T, B, _ = x.shape
     H = hidden_size
     if hx is None:
-        h, c = x.new_zeros((B, H)), x.new_zeros((B, H))
-        return Resolved(h, c, h.unsqueeze(1) if has_memory else None, None, 0)
-    if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-        raise TypeError(f"hx must be (h0, c0) or an SABState, got {type(hx).__name__}"
-                        + (f" of length {len(hx)}" if isinstance(hx, (tuple, list)) else ""))
-    if not isinstance(hx, SABState) and isinstance(hx[0], Tensor) and has_memory:
-        # (h, c) taken from a state this module returned (e.g. `tuple(v.detach() for v in state)`): continue
+        h = x.new_zeros((B, H))
+        return Resolved(h, x.new_zeros((B, H)) if has_c else None, h.unsqueeze(1) if has_memory else None, None, 0)
+    check_continuable(hx)
+    if has_c:
+        if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+            raise TypeError(f"hx must be (h0, c0) or an SABState, got {type(hx).__name__}"
+                            + (f" of length {len(hx)}" if isinstance(hx, (tuple, list)) else ""))
+        h, c = hx
+    elif isinstance(hx, SABState):
+        h, c = hx[0], None
+    elif isinstance(hx, Tensor):
+        h, c = hx, None
+    else:
+        raise TypeError(f"hx must be a tensor h0 or the state a previous call returned, got {type(hx).__name__}")
+    if not isinstance(hx, SABState) and isinstance(h, Tensor) and has_memory:
+        # h (and c) taken from a state this module returned (e.g. `tuple(v.detach() for v in state)`): continue
         # that state, memory and step included, rather than silently restart the memory.
-        recorded = _recorded_state(owner, hx[0])
-        if recorded is not None and isinstance(hx[1], Tensor):
-            hx = SABState(hx[0], hx[1], recorded.memory, recorded.step, slots=recorded._slots)
-    h, c = hx
+        recorded = recorded_state(owner, h)
+        if recorded is not None and (c is None or isinstance(c, Tensor)):
+            check_continuable(recorded)
+            hx = recorded
     autocast = torch.is_autocast_enabled(x.device.type)
-    for name, t in (("h0", h), ("c0", c)):
+    for name, t in (("h0", h), ("c0", c)) if has_c else (("h0", h),):
         if not isinstance(t, Tensor) or t.shape not in ((1, B, H), (B, H)):
             raise ValueError(f"hx: {name} must have shape (1, B, H) = (1, {B}, {H}) or (B, H), got {_shape(t)}")
         if not t.is_floating_point() or (not autocast and t.dtype != x.dtype):
             raise TypeError(f"hx: {name} must have x's dtype {x.dtype}, got {t.dtype}")
         if t.device != x.device:
             raise ValueError(f"hx: {name} must be on x's device {x.device}, got {t.device}")
-    if h.dtype != c.dtype:
+    if has_c and h.dtype != c.dtype:
         raise TypeError(f"hx: h0 and c0 must have one dtype, got {h.dtype} and {c.dtype}")
-    h, c = h.reshape(B, H), c.reshape(B, H)
+    h, c = h.reshape(B, H), (c.reshape(B, H) if has_c else None)
     memory = getattr(hx, "memory", None)
     step = getattr(hx, "step", 0)
     slots = getattr(hx, "_slots", None)
+    index = getattr(hx, "index", None)
     if isinstance(step, bool) or not isinstance(step, int) or step < 0:
         raise ValueError(f"hx.step must be an int >= 0 (the steps run so far), got {step!r}")
     if not has_memory:
@@ -178,4 +233,8 @@ def resolve_hx(owner, x: Tensor, hx, hidden_size: int, has_memory: bool) -> Reso
         raise ValueError(f"hx.memory must be on x's device {x.device}, got {memory.device}")
     if slots is not None and (slots.values.dtype != memory.dtype or slots.values.shape[1] < memory.shape[1]):
         slots = None  # not the buffers of this memory (a hand-built state): make new ones
-    return Resolved(h, c, memory, slots, step)
+    bounds = getattr(owner, "bounds", None)
+    if index is not None and (bounds != (index.recent, index.relevant) or index.active.shape[0] != B
+                              or index.count > memory.shape[1] or index.active.device != memory.device):
+        index = None  # another module's (or a hand-built state's): the layer indexes the n slots afresh
+    return Resolved(h, c, memory, slots, step, index if bounds is not None else None)

@@ -28,7 +28,14 @@ def _parser() -> argparse.ArgumentParser:
                                 epilog="Bad arguments exit with status 2 before any work; nothing is written.")
     p.add_argument("task", choices=TASKS)
     p.add_argument("--model", choices=MODEL_KINDS, default="sab",
-                   help="sab | tbptt (no memory) | bptt (no truncation, no memory) | dense (softmax over all slots) | lstm (torch.nn.LSTM)")
+                   help="sab | tbptt (no memory) | bptt (no truncation, no memory) | dense (softmax over all slots) | "
+                        "lstm (torch.nn.LSTM) | sab-gru (SAB on a GRU cell) | gru (torch.nn.GRU)")
+    p.add_argument("--num-layers", type=int, default=1, help="stacked recurrent layers")
+    p.add_argument("--dropout", type=float, default=0.0, help="dropout between layers (training only)")
+    p.add_argument("--recent-slots", type=int, default=None,
+                   help="bounded memory: the W most recent slots (with --relevant-slots; default unbounded)")
+    p.add_argument("--relevant-slots", type=int, default=None,
+                   help="bounded memory: up to M older slots kept for the attention they received")
     p.add_argument("--seq-len", type=int, default=100, help="copy: delay T (sequence T+20); adding/chars: length")
     p.add_argument("--k-top", type=int, default=5, help="slots kept per attention (>= 1)")
     p.add_argument("--k-att", type=int, default=2, help="write a memory slot every K_ATT steps (>= 1)")
@@ -115,11 +122,19 @@ def _check_data(args) -> None:
 
 
 def _check_numbers(args) -> None:
-    at_least = [("--seq-len", args.seq_len, 1), ("--k-top", args.k_top, 1 if args.model == "sab" else 0),
+    at_least = [("--seq-len", args.seq_len, 1), ("--k-top", args.k_top, 1 if args.model in ("sab", "sab-gru") else 0),
                 ("--k-att", args.k_att, 1), ("--k-trunc", args.k_trunc, 0), ("--hidden", args.hidden, 1),
                 ("--batch-size", args.batch_size, 1), ("--steps", args.steps, 0), ("--eval-every", args.eval_every, 1),
                 ("--eval-size", args.eval_size, 1), ("--transfer-size", args.transfer_size, 1), ("--warmup", args.warmup, 0),
-                ("--memory-window", args.memory_window, 0)]
+                ("--memory-window", args.memory_window, 0), ("--num-layers", args.num_layers, 1)]
+    if (args.recent_slots is None) != (args.relevant_slots is None):
+        raise ValueError("--recent-slots and --relevant-slots go together (neither: the unbounded memory)")
+    if args.recent_slots is not None:
+        at_least += [("--recent-slots", args.recent_slots, 1), ("--relevant-slots", args.relevant_slots, 0)]
+        if args.model in ("lstm", "gru", "tbptt", "bptt"):
+            raise ValueError(f"--recent-slots bounds the memory, and --model {args.model} has none")
+    if not (math.isfinite(args.dropout) and 0 <= args.dropout < 1):
+        raise ValueError(f"--dropout must be in [0, 1), got {args.dropout}")
     if args.attn_dim is not None:
         at_least.append(("--attn-dim", args.attn_dim, 1))
     if args.threads is not None:
@@ -180,6 +195,9 @@ def check_args(args: argparse.Namespace) -> None:
     _check_numbers(args)
     if args.stateful and args.task != "chars":
         raise ValueError(f"--stateful applies to the chars task only, not {args.task}")
+    if args.stateful and (args.num_layers > 1 or args.model in ("sab-gru", "gru") or args.recent_slots is not None):
+        raise ValueError("--stateful carries one-layer LSTM states with an unbounded memory only "
+                         "(not --num-layers > 1, --model sab-gru/gru or --recent-slots)")
     if args.stateful and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ValueError("--stateful runs in one process (its streams are split by batch, not by rank)")
     if args.transfer:

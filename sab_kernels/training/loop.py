@@ -83,7 +83,9 @@ def run(args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)  # the same initial weights on every rank
     task = make_task(args.task, args.seq_len, args.input, args.data, not args.no_permute, args.seed)
     model = build_model(args.model, task.input_size, args.hidden, task.output_size, args.k_top, args.k_att,
-                        args.k_trunc or None, args.attn_dim, args.backend, eps=args.eps).to(device)
+                        args.k_trunc or None, args.attn_dim, args.backend, eps=args.eps, num_layers=args.num_layers,
+                        dropout=args.dropout, recent_slots=args.recent_slots,
+                        relevant_slots=args.relevant_slots).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     ckpt_path = os.path.join(args.out, "checkpoint.pt")
     start, rows, elapsed = 0, [], 0.0

@@ -29,7 +29,9 @@ from .checkpoint import load_checkpoint, load_error
 FORMAT, VERSION = "sab-kernels/model", 1
 BUILD_KEYS = ("kind", "input_size", "hidden_size", "output_size", "k_top", "k_att", "k_trunc", "attn_dim", "eps")
 TASK_KEYS = ("name", "seq_len", "input", "permute", "seed", "data")
-OPTIONAL_TASK_KEYS = ("stateful", "memory_window")  # chars models trained with --stateful are evaluated that way
+OPTIONAL_TASK_KEYS = ("stateful", "memory_window")
+# build_model's later arguments: written when they differ from the default, so older files stay valid.
+OPTIONAL_BUILD_KEYS = {"num_layers": 1, "dropout": 0.0, "recent_slots": None, "relevant_slots": None}  # chars models trained with --stateful are evaluated that way
 
 
 def save_model(path: str, model: nn.Module, build: Dict[str, Any], task: Dict[str, Any],
@@ -39,7 +41,8 @@ def save_model(path: str, model: nn.Module, build: Dict[str, Any], task: Dict[st
     if missing:
         raise ValueError(f"save_model: build/task lack {missing}")
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    blob = {"format": FORMAT, "version": VERSION, "build": {k: build[k] for k in BUILD_KEYS},
+    optional = {k: build[k] for k, default in OPTIONAL_BUILD_KEYS.items() if build.get(k, default) != default}
+    blob = {"format": FORMAT, "version": VERSION, "build": {**{k: build[k] for k in BUILD_KEYS}, **optional},
             "task": {k: task[k] for k in TASK_KEYS + OPTIONAL_TASK_KEYS if k in task}, "state_dict": state, "metrics": dict(metrics or {}),
             "train_args": dict(train_args or {})}
     atomic_write(path, lambda f: torch.save(blob, f))
@@ -74,6 +77,7 @@ def model_description(a: Dict[str, Any], task) -> Tuple[Dict[str, Any], Dict[str
     build = dict(kind=a["model"], input_size=task.input_size, hidden_size=a["hidden"], output_size=task.output_size,
                  k_top=a["k_top"], k_att=a["k_att"], k_trunc=a["k_trunc"] or None, attn_dim=a["attn_dim"],
                  eps=a.get("eps", EPS))
+    build.update({k: a.get(k, default) for k, default in OPTIONAL_BUILD_KEYS.items()})
     # seq_len: the task's own sequence length where it has one (784 for mnist5k, 64 for digits; --seq-len is unused
     # there), so `evaluate` reports the length the model really ran at.
     task_info = dict(name=a["task"], seq_len=getattr(task, "seq_len", a["seq_len"]), input=a["input"], permute=not a["no_permute"],
@@ -91,7 +95,7 @@ def export_checkpoint(run_dir: str) -> str:
     a = ckpt["args"]
     task = make_task(a["task"], a["seq_len"], a["input"], a["data"], not a["no_permute"], a["seed"])
     build, task_info = model_description(a, task)
-    kwargs = {k: build[k] for k in ("k_top", "k_att", "k_trunc", "attn_dim", "eps")}
+    kwargs = {k: build[k] for k in ("k_top", "k_att", "k_trunc", "attn_dim", "eps", *OPTIONAL_BUILD_KEYS)}
     model = build_model(build["kind"], build["input_size"], build["hidden_size"], build["output_size"], backend="cpu",
                         **kwargs)
     model.load_state_dict(ckpt["model"])
