@@ -1,4 +1,6 @@
-// The fused SAB-LSTM: one call runs a whole sequence (SPEC section 2), one call its reverse sweep.
+// The fused SAB-RNN (LSTM or GRU cell): one call runs a whole sequence (SPEC section 2), one call its reverse
+// sweep. The cell is a template parameter (kGru) of forward_typed/backward_typed; everything after the cell
+// (attention, slot writes, mailboxes, sparse replay) is shared.
 //
 // Forward, step t (global step tg = step0 + t), with h, c the previous state:
 //   gates = x_t W_ih^T + b + h W_hh^T (the input half for all steps in one matmul); c = f c + i g;
@@ -7,6 +9,15 @@
 //   every k_att steps ((tg+1) % k_att == 0) slot n = h, key n = W_m h.
 // Truncation ((tg+1) % k_trunc == 0) cuts the main chain before step t's cell; it changes only the backward.
 // k_top = 0: no memory (truncated-BPTT LSTM; k_trunc = 0: full BPTT).
+// GRU (nn.GRUCell's gates r, z, n): gi = x_t W_ih^T + b_ih (all steps in one matmul), gh = h W_hh^T + b_hh;
+//   r = sig(gi_r + gh_r), z = sig(gi_z + gh_z), n = tanh(gi_n + r gh_n), h_hat = (1 - z) n + z h; no c. b_hh
+//   sits inside r (.), so the backward keeps dL/dgh apart from dL/dgi (two bias gradients).
+// Bounded memory (recent = W > 0, relevant = M; sab_kernels/kernels/bounded_slots.py is the contract): each row
+//   attends over its active slots only, compact copies of their keys and values (B, W + M + 1, .) kept up to
+//   date incrementally (a write appends a row, an eviction shifts the rows after it: O(W + M) per step). The
+//   compact indices are mapped to global slot ids before they are saved, and every slot is still written into
+//   the buffers at its global index, so the backward is the unbounded one. The index (active ids, relevance,
+//   count, kept) is cloned in, updated per step (relevance, then write), and returned.
 //
 // Backward, one reverse sweep. The gradient of h_t is the output's, plus the main chain's (unless step t+1
 // was truncated), plus the gradient of the slot step t wrote, collected from every later attention that
@@ -28,6 +39,8 @@
 #include <cstdlib>
 #include <limits>
 #include <string>
+#include <type_traits>
+#include <cmath>
 #include <vector>
 
 #include "sab_host.h"
@@ -139,28 +152,166 @@ int64_t slots_after(int64_t n0, int64_t T, int64_t step0, int64_t k_att) {
   return n0 + (step0 + T) / k_att - step0 / k_att;
 }
 
+// The GRU cell (nn.GRUCell's gates r, z, n), scalar code: gi (B, 3H) holds the input half x W_ih^T + b_ih and
+// is activated in place to (r, z, n); gh (B, 3H) = h W_hh^T + b_hh; ghn (B, H) receives gh's n block (the
+// backward's dL/dr needs it); h_hat = (1 - z) n + z h, rows ld_hh apart; h rows ld_h apart.
 template <typename scalar_t>
+inline scalar_t sigmoid(scalar_t v) {
+  return scalar_t(1) / (scalar_t(1) + std::exp(-v));
+}
+
+template <typename scalar_t>
+void gru_cell_forward(scalar_t* gi, const scalar_t* gh, const scalar_t* h, int64_t ld_h, scalar_t* ghn, scalar_t* hh,
+                      int64_t ld_hh, int64_t B, int64_t H) {
+  for (int64_t b = 0; b < B; ++b) {
+    scalar_t* g = gi + b * 3 * H;
+    const scalar_t* u = gh + b * 3 * H;
+    const scalar_t* hp = h + b * ld_h;
+    scalar_t* hn = ghn + b * H;
+    scalar_t* out = hh + b * ld_hh;
+    for (int64_t j = 0; j < H; ++j) {
+      const scalar_t r = sigmoid(g[j] + u[j]);
+      const scalar_t z = sigmoid(g[H + j] + u[H + j]);
+      const scalar_t n = std::tanh(g[2 * H + j] + r * u[2 * H + j]);
+      g[j] = r;
+      g[H + j] = z;
+      g[2 * H + j] = n;
+      hn[j] = u[2 * H + j];
+      out[j] = (scalar_t(1) - z) * n + z * hp[j];
+    }
+  }
+}
+
+// Its backward: g (B, 3H) activated (r, z, n), ghn (B, H), h the previous state (rows ld_h apart), dhh = dL/dh_hat.
+// Out: dgi = dL/d(input half), dgh = dL/d(h W_hh^T + b_hh), dh = the direct part of dL/dh (z dL/dh_hat).
+template <typename scalar_t>
+void gru_cell_backward(const scalar_t* g, const scalar_t* ghn, const scalar_t* h, int64_t ld_h, const scalar_t* dhh,
+                       scalar_t* dgi, scalar_t* dgh, scalar_t* dh, int64_t B, int64_t H) {
+  for (int64_t b = 0; b < B; ++b) {
+    const scalar_t* gb = g + b * 3 * H;
+    const scalar_t* hn = ghn + b * H;
+    const scalar_t* hp = h + b * ld_h;
+    const scalar_t* d = dhh + b * H;
+    scalar_t* di = dgi + b * 3 * H;
+    scalar_t* du = dgh + b * 3 * H;
+    scalar_t* dhp = dh + b * H;
+    for (int64_t j = 0; j < H; ++j) {
+      const scalar_t r = gb[j], z = gb[H + j], n = gb[2 * H + j];
+      const scalar_t dz = d[j] * (hp[j] - n);
+      const scalar_t dan = d[j] * (scalar_t(1) - z) * (scalar_t(1) - n * n);
+      const scalar_t dar = dan * hn[j] * r * (scalar_t(1) - r);
+      const scalar_t daz = dz * z * (scalar_t(1) - z);
+      di[j] = dar;
+      di[H + j] = daz;
+      di[2 * H + j] = dan;
+      du[j] = dar;
+      du[H + j] = daz;
+      du[2 * H + j] = dan * r;
+      dhp[j] = d[j] * z;
+    }
+  }
+}
+
+// A bounded memory's active slots (sab_kernels/kernels/bounded_slots.py, the contract): per row the global ids
+// active[b, :count] in write order (kept ones first) and their relevance, plus compact copies of their keys
+// (B, A, D) and values (B, A, H), A = W + M + 1, which the attention reads as a memory of `count` slots. All
+// of it is updated in place as the sweep goes: a write appends one row, an eviction shifts the rows after it.
+template <typename scalar_t>
+struct Bounded {
+  int64_t W = 0, M = 0, A = 0, count = 0, kept = 0, B = 0, H = 0, D = 0;
+  int64_t* active = nullptr;
+  scalar_t* rel = nullptr;
+  scalar_t* ck = nullptr;
+  scalar_t* cv = nullptr;
+
+  // After an attention: weights (B, k) given to compact indices (B, k) add to the recent slots' relevance.
+  void add_relevance(const scalar_t* w, const int64_t* idx, int64_t k) {
+    for (int64_t b = 0; b < B; ++b) {
+      for (int64_t r = 0; r < k; ++r) {
+        const int64_t ci = idx[b * k + r];
+        if (ci >= kept) {
+          rel[b * A + ci] += w[b * k + r];
+        }
+      }
+    }
+  }
+
+  void remove(int64_t b, int64_t p) {
+    const int64_t tail = count - 1 - p;
+    if (tail > 0) {
+      std::copy_n(active + b * A + p + 1, tail, active + b * A + p);
+      std::copy_n(rel + b * A + p + 1, tail, rel + b * A + p);
+      std::copy(ck + (b * A + p + 1) * D, ck + (b * A + count) * D, ck + (b * A + p) * D);
+      std::copy(cv + (b * A + p + 1) * H, cv + (b * A + count) * H, cv + (b * A + p) * H);
+    }
+  }
+
+  // Global slot `slot` was written: value rows ld_v apart, key rows ld_k apart.
+  void write(int64_t slot, const scalar_t* v, int64_t ld_v, const scalar_t* key, int64_t ld_k) {
+    for (int64_t b = 0; b < B; ++b) {
+      active[b * A + count] = slot;
+      rel[b * A + count] = scalar_t(0);
+      std::copy_n(v + b * ld_v, H, cv + (b * A + count) * H);
+      std::copy_n(key + b * ld_k, D, ck + (b * A + count) * D);
+    }
+    ++count;
+    if (count - kept <= W) {
+      return;
+    }
+    if (kept < M) {  // the oldest recent slot joins the kept ones
+      ++kept;
+      return;
+    }
+    for (int64_t b = 0; b < B; ++b) {
+      const scalar_t* rb = rel + b * A;
+      int64_t leaving = kept;
+      if (kept > 0) {
+        int64_t least = 0;  // the first (oldest) of equal minima
+        for (int64_t i = 1; i < kept; ++i) {
+          if (rb[i] < rb[least]) {
+            least = i;
+          }
+        }
+        if (rb[kept] > rb[least]) {
+          leaving = least;
+        }
+      }
+      remove(b, leaving);
+    }
+    --count;
+  }
+};
+
+template <typename scalar_t, bool kGru>
 std::vector<at::Tensor> forward_typed(const at::Tensor& x, const at::Tensor& h0, const at::Tensor& c0,
                                       const at::Tensor& VALUES, const at::Tensor& KEYS, int64_t n0,
-                                      const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& bias,
-                                      const at::Tensor& wq, const at::Tensor& bq, const at::Tensor& wm,
-                                      const at::Tensor& w, int64_t k_top, int64_t k_att, int64_t k_trunc,
-                                      int64_t step0, double eps) {
+                                      const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& b_ih,
+                                      const at::Tensor& b_hh, const at::Tensor& wq, const at::Tensor& bq,
+                                      const at::Tensor& wm, const at::Tensor& w, int64_t k_top, int64_t k_att,
+                                      int64_t k_trunc, int64_t step0, double eps, int64_t recent, int64_t relevant,
+                                      const at::Tensor& active_in, const at::Tensor& relevance_in, int64_t count0,
+                                      int64_t kept0) {
   (void)k_trunc;  // truncation only shapes the backward
+  constexpr int64_t NG = kGru ? 3 : 4;  // gate blocks of H
   const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = h0.size(1);
   const bool mem = k_top > 0;
+  const bool bounded = mem && recent > 0;
   const int64_t D = mem ? wq.size(0) : 0;
   // The slot buffers (B, cap, H) and (B, cap, D): rows [0, n0) hold the slots and keys this call starts from,
   // rows [n0, S) are written here (in place: the caller reserved them, see slot_buffers.py).
   const int64_t cap = mem ? VALUES.size(1) : 0;
   const int64_t S = mem ? slots_after(n0, T, step0, k_att) : 0;
-  const int64_t k = mem ? std::min(k_top, S) : 0;
+  // A bounded memory attends over at most W + M slots.
+  const int64_t span = bounded ? std::min(S, recent + relevant) : S;
+  const int64_t k = mem ? std::min(k_top, span) : 0;
   const auto opts = x.options();
   const Kernels& kern = kernels(dtype_tag<scalar_t>());
 
   // The input half of every gate at once; the gates of step t are then completed in place.
-  at::Tensor G = at::addmm(bias, x.reshape({T * B, I}), w_ih.t()).view({T, B, 4 * H});
-  at::Tensor C = at::empty({T, B, H}, opts), TC = at::empty({T, B, H}, opts);
+  const at::Tensor bias = kGru ? b_ih : at::add(b_ih, b_hh);
+  at::Tensor G = at::addmm(bias, x.reshape({T * B, I}), w_ih.t()).view({T, B, NG * H});
+  // LSTM: c_t and tanh(c_t). GRU: W_hn h_{t-1} + b_hn (C), nothing (TC).
+  at::Tensor C = at::empty({T, B, H}, opts), TC = at::empty({kGru ? 0 : T, B, H}, opts);
   // The output (T, B, 2H), written in place: h_t in its first half, the summary s_t in its second.
   at::Tensor out = at::empty({T, B, 2 * H}, opts);
   at::Tensor HH = mem ? at::empty({T, B, H}, opts) : at::empty({0}, opts);  // h_hat (without memory: h itself)
@@ -169,11 +320,48 @@ std::vector<at::Tensor> forward_typed(const at::Tensor& x, const at::Tensor& h0,
   at::Tensor IDX = at::empty({mem ? T : 0, B, k}, opts.dtype(at::kLong));
   at::Tensor THR = at::empty({mem ? T : 0, B}, opts.dtype(at::kLong));
   at::Tensor summary = at::empty({B, H}, opts);
+  at::Tensor GH = at::empty({kGru ? B : 0, 3 * H}, opts);  // GRU: the hidden half of one step
   std::vector<int64_t> slot_of(T, -1);  // the slot step t wrote, or -1
+
+  // Bounded memory: the index this call starts from, cloned (the caller's is a value), and compact copies of
+  // the active slots' keys and values; the attention's compact indices are mapped back to global slot ids
+  // before they are saved, so the backward is the unbounded one.
+  Bounded<scalar_t> bm;
+  at::Tensor active, relevance, CK, CV;
+  std::vector<int64_t> cidx(bounded ? B * k : 0), cthr(bounded ? B : 0);
+  if (bounded) {
+    bm.W = recent;
+    bm.M = relevant;
+    bm.A = recent + relevant + 1;
+    bm.count = count0;
+    bm.kept = kept0;
+    bm.B = B;
+    bm.H = H;
+    bm.D = D;
+    active = active_in.clone();
+    relevance = relevance_in.clone();
+    CK = at::zeros({B, bm.A, D}, opts);
+    CV = at::zeros({B, bm.A, H}, opts);
+    bm.active = active.data_ptr<int64_t>();
+    bm.rel = relevance.data_ptr<scalar_t>();
+    bm.ck = CK.data_ptr<scalar_t>();
+    bm.cv = CV.data_ptr<scalar_t>();
+    const scalar_t* v0 = VALUES.data_ptr<scalar_t>();
+    const scalar_t* k0 = KEYS.data_ptr<scalar_t>();
+    for (int64_t b = 0; b < B; ++b) {
+      for (int64_t i = 0; i < count0; ++i) {
+        const int64_t s = bm.active[b * bm.A + i];
+        std::copy_n(v0 + (b * cap + s) * H, H, bm.cv + (b * bm.A + i) * H);
+        std::copy_n(k0 + (b * cap + s) * D, D, bm.ck + (b * bm.A + i) * D);
+      }
+    }
+  }
 
   scalar_t* Gp = G.data_ptr<scalar_t>();
   scalar_t* Cp = C.data_ptr<scalar_t>();
-  scalar_t* TCp = TC.data_ptr<scalar_t>();
+  scalar_t* TCp = kGru ? nullptr : TC.data_ptr<scalar_t>();
+  scalar_t* GHp = kGru ? GH.data_ptr<scalar_t>() : nullptr;
+  const scalar_t* bhh = kGru ? b_hh.data_ptr<scalar_t>() : nullptr;
   scalar_t* outp = out.data_ptr<scalar_t>();
   scalar_t* HHp = mem ? HH.data_ptr<scalar_t>() : nullptr;
   scalar_t* vals = mem ? VALUES.data_ptr<scalar_t>() : nullptr;
@@ -186,15 +374,23 @@ std::vector<at::Tensor> forward_typed(const at::Tensor& x, const at::Tensor& h0,
   std::vector<int64_t> lengths(B, n0);
   int64_t n = n0;
   const scalar_t* h = h0.data_ptr<scalar_t>();
-  const scalar_t* c = c0.data_ptr<scalar_t>();
+  const scalar_t* c = kGru ? nullptr : c0.data_ptr<scalar_t>();
   int64_t ldh = H;
   for (int64_t t = 0; t < T; ++t) {
-    scalar_t* gt = Gp + t * B * 4 * H;
+    scalar_t* gt = Gp + t * B * NG * H;
     scalar_t* ht = outp + t * B * 2 * H;  // h_t, rows 2H apart; s_t at ht + H
-    gemm<scalar_t>(false, true, B, 4 * H, H, 1, h, ldh, whh, H, 1, gt, 4 * H);
     scalar_t* hh = mem ? HHp + t * B * H : ht;
-    CellArgs ca{gt, c, Cp + t * B * H, TCp + t * B * H, hh, mem ? H : 2 * H, B, H};
-    kern.cell_forward(ca);
+    if constexpr (kGru) {
+      for (int64_t b = 0; b < B; ++b) {
+        std::copy_n(bhh, 3 * H, GHp + b * 3 * H);
+      }
+      gemm<scalar_t>(false, true, B, 3 * H, H, 1, h, ldh, whh, H, 1, GHp, 3 * H);
+      gru_cell_forward<scalar_t>(gt, GHp, h, ldh, Cp + t * B * H, hh, mem ? H : 2 * H, B, H);
+    } else {
+      gemm<scalar_t>(false, true, B, 4 * H, H, 1, h, ldh, whh, H, 1, gt, 4 * H);
+      CellArgs ca{gt, c, Cp + t * B * H, TCp + t * B * H, hh, mem ? H : 2 * H, B, H};
+      kern.cell_forward(ca);
+    }
     if (!mem) {
       for (int64_t b = 0; b < B; ++b) {
         std::fill_n(ht + b * 2 * H + H, H, scalar_t(0));
@@ -205,26 +401,40 @@ std::vector<at::Tensor> forward_typed(const at::Tensor& x, const at::Tensor& h0,
         std::copy_n(bqp, D, qt + b * D);
       }
       gemm<scalar_t>(false, true, B, D, H, 1, hh, H, wqp, H, 1, qt, D);
-      std::fill(lengths.begin(), lengths.end(), n);
+      std::fill(lengths.begin(), lengths.end(), bounded ? bm.count : n);
+      scalar_t* wt = W.data_ptr<scalar_t>() + t * B * k;
+      int64_t* it = IDX.data_ptr<int64_t>() + t * B * k;
+      int64_t* tht = THR.data_ptr<int64_t>() + t * B;
       ForwardArgs a{};
       a.q = qt;
-      a.keys = keys;
-      a.values = vals;
+      a.keys = bounded ? bm.ck : keys;
+      a.values = bounded ? bm.cv : vals;
       a.w = w.data_ptr();
       a.lengths = lengths.data();
       a.B = B;
-      a.T = cap;  // the rows' stride; the kernel reads the first n (lengths) of each
+      a.T = bounded ? bm.A : cap;  // the rows' stride; the kernel reads the first n (lengths) of each
       a.D = D;
       a.H = H;
-      a.k_top = k;  // k_top >= S behaves as k_top = S: every row n <= S is in the softmax regime
+      a.k_top = k;  // k_top >= span behaves as k_top = span: every row n <= span is in the softmax regime
       a.k = k;
-      a.cap = std::min(k, S - 1) + 1;
+      a.cap = std::min(k, span - 1) + 1;
       a.eps = eps;
       a.summary = sum;
-      a.weights = W.data_ptr<scalar_t>() + t * B * k;
-      a.indices = IDX.data_ptr<int64_t>() + t * B * k;
-      a.threshold = THR.data_ptr<int64_t>() + t * B;
+      a.weights = wt;
+      a.indices = bounded ? cidx.data() : it;
+      a.threshold = bounded ? cthr.data() : tht;
       attention_forward_rows(a, dtype_tag<scalar_t>());
+      if (bounded) {  // compact indices -> global slot ids (saved), then the relevance update
+        for (int64_t b = 0; b < B; ++b) {
+          const int64_t* ab = bm.active + b * bm.A;
+          for (int64_t r = 0; r < k; ++r) {
+            const int64_t ci = cidx[b * k + r];
+            it[b * k + r] = ci >= 0 ? ab[ci] : -1;
+          }
+          tht[b] = cthr[b] >= 0 ? ab[cthr[b]] : -1;
+        }
+        bm.add_relevance(wt, cidx.data(), k);
+      }
       for (int64_t b = 0; b < B; ++b) {  // h = h_hat + s
         scalar_t* row = ht + b * 2 * H;
         for (int64_t j = 0; j < H; ++j) {
@@ -237,22 +447,32 @@ std::vector<at::Tensor> forward_typed(const at::Tensor& x, const at::Tensor& h0,
           std::copy_n(ht + b * 2 * H, H, vals + (b * cap + n) * H);
         }
         gemm<scalar_t>(false, true, B, D, H, 1, ht, 2 * H, wmp, H, 0, keys + n * D, cap * D);
+        if (bounded) {
+          bm.write(n, ht, 2 * H, keys + n * D, cap * D);
+        }
         slot_of[t] = n++;
       }
     }
     h = ht;
     ldh = 2 * H;
-    c = Cp + t * B * H;
+    if constexpr (!kGru) {
+      c = Cp + t * B * H;
+    }
   }
   at::Tensor h_n = T > 0 ? out[T - 1].narrow(1, 0, H).clone() : h0.clone();
-  at::Tensor c_n = T > 0 ? C[T - 1].clone() : c0.clone();
+  at::Tensor c_n = kGru ? at::empty({0}, opts) : (T > 0 ? C[T - 1].clone() : c0.clone());
   at::Tensor SLOT = at::tensor(slot_of, opts.dtype(at::kLong));
+  if (!bounded) {
+    active = at::empty({0}, opts.dtype(at::kLong));
+    relevance = at::empty({0}, opts);
+  }
+  at::Tensor counts = at::tensor(std::vector<int64_t>{bm.count, bm.kept}, opts.dtype(at::kLong));
   // The backward reads h_t from the output itself (saved as such: an in-place change of it fails the
   // backward's version check).
-  return {out, h_n, c_n, G, C, TC, HH, out, Q, W, IDX, THR, SLOT};
+  return {out, h_n, c_n, G, C, TC, HH, out, Q, W, IDX, THR, SLOT, active, relevance, counts};
 }
 
-template <typename scalar_t>
+template <typename scalar_t, bool kGru>
 std::vector<at::Tensor> backward_typed(const at::Tensor& grad_out, const at::Tensor& grad_h, const at::Tensor& grad_c,
                                        const at::Tensor& grad_memory, const std::vector<at::Tensor>& in,
                                        const std::vector<at::Tensor>& sv, int64_t n0, int64_t k_top,
@@ -262,6 +482,7 @@ std::vector<at::Tensor> backward_typed(const at::Tensor& grad_out, const at::Ten
   const at::Tensor &G = sv[0], &C = sv[1], &TC = sv[2], &HH = sv[3], &out = sv[4], &Q = sv[5];
   const at::Tensor &IDX = sv[7], &THR = sv[8], &SLOT = sv[9];
   const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = h0.size(1);
+  constexpr int64_t NG = kGru ? 3 : 4;  // gate blocks of H
   const bool mem = k_top > 0;
   const int64_t D = mem ? wq.size(0) : 0;
   // The slots of this call are rows [0, S) of the buffers (B, cap, .); rows [0, n0) it received.
@@ -294,7 +515,9 @@ std::vector<at::Tensor> backward_typed(const at::Tensor& grad_out, const at::Ten
     }
   }
 
-  at::Tensor dG = at::empty({T, B, 4 * H}, opts);
+  at::Tensor dG = at::empty({T, B, NG * H}, opts);  // dL/d(input half of the gates)
+  // GRU: dL/d(h W_hh^T + b_hh) differs from dG in its n block (r multiplies W_hn h + b_hn).
+  at::Tensor dGH = at::empty({kGru ? T : 0, B, NG * H}, opts);
   at::Tensor dQ = at::empty({mem ? T : 0, B, D}, opts);
   at::Tensor g_w = at::zeros({D}, opts), g_wm = at::zeros({mem ? D : 0, H}, opts);
   // The compact attention problem of one step: rows 0..k-1 the selected entries, row k the threshold slot.
@@ -316,8 +539,10 @@ std::vector<at::Tensor> backward_typed(const at::Tensor& grad_out, const at::Ten
   const scalar_t* wmp = mem ? wm.data_ptr<scalar_t>() : nullptr;
   const scalar_t* Gp = G.data_ptr<scalar_t>();
   const scalar_t* Cp = C.data_ptr<scalar_t>();
-  const scalar_t* TCp = TC.data_ptr<scalar_t>();
+  const scalar_t* TCp = kGru ? nullptr : TC.data_ptr<scalar_t>();
+  const scalar_t* outp = out.data_ptr<scalar_t>();
   scalar_t* dGp = dG.data_ptr<scalar_t>();
+  scalar_t* dGHp = kGru ? dGH.data_ptr<scalar_t>() : nullptr;
   scalar_t* dQp = mem ? dQ.data_ptr<scalar_t>() : nullptr;
   const int64_t* slot_of = SLOT.data_ptr<int64_t>();
   int64_t visited = 0;
@@ -329,7 +554,10 @@ std::vector<at::Tensor> backward_typed(const at::Tensor& grad_out, const at::Ten
     const bool out_live = got != nullptr && any_nonzero(got, B * 2 * H);
     if (!chain_live && !mail_live && !out_live) {
       // Nothing reaches this step: its cell and attention are never replayed.
-      std::fill_n(dGp + t * B * 4 * H, B * 4 * H, scalar_t(0));
+      std::fill_n(dGp + t * B * NG * H, B * NG * H, scalar_t(0));
+      if (kGru) {
+        std::fill_n(dGHp + t * B * NG * H, B * NG * H, scalar_t(0));
+      }
       if (mem) {
         std::fill_n(dQp + t * B * D, B * D, scalar_t(0));
       }
@@ -426,35 +654,48 @@ std::vector<at::Tensor> backward_typed(const at::Tensor& grad_out, const at::Ten
         }
       }
     }
-    scalar_t* dgt = dGp + t * B * 4 * H;
-    CellBackwardArgs cb{Gp + t * B * 4 * H, TCp + t * B * H, t > 0 ? Cp + (t - 1) * B * H : c0.data_ptr<scalar_t>(),
-                        ghhp, g_c.data_ptr<scalar_t>(), dgt, B, H};
-    kern.cell_backward(cb);
+    scalar_t* dgt = dGp + t * B * NG * H;
+    scalar_t* dght = dgt;  // LSTM: the hidden half's gradient is the input half's
+    if constexpr (kGru) {
+      dght = dGHp + t * B * NG * H;
+      const scalar_t* hp = t > 0 ? outp + (t - 1) * B * 2 * H : h0.data_ptr<scalar_t>();
+      gru_cell_backward<scalar_t>(Gp + t * B * NG * H, Cp + t * B * H, hp, t > 0 ? 2 * H : H, ghhp, dgt, dght, ghp,
+                                  B, H);
+    } else {
+      CellBackwardArgs cb{Gp + t * B * 4 * H, TCp + t * B * H, t > 0 ? Cp + (t - 1) * B * H : c0.data_ptr<scalar_t>(),
+                          ghhp, g_c.data_ptr<scalar_t>(), dgt, B, H};
+      kern.cell_backward(cb);
+    }
     if (truncated_at(step0 + t, k_trunc)) {
-      // h_{t-1} and c_{t-1} were detached before this step's cell.
+      // h_{t-1} (and c_{t-1}) were detached before this step's cell.
       g_h.zero_();
       g_c.zero_();
       chain_live = false;
     } else {
-      gemm<scalar_t>(false, false, B, H, 4 * H, 1, dgt, 4 * H, whh, H, 0, ghp, H);
+      // GRU: ghp holds the direct part z dL/dh_hat already.
+      gemm<scalar_t>(false, false, B, H, NG * H, 1, dght, NG * H, whh, H, kGru ? 1 : 0, ghp, H);
       chain_live = true;
     }
   }
 
   // Weight gradients as single matmuls over all steps (unvisited steps contribute zero rows).
-  const at::Tensor dGf = dG.view({T * B, 4 * H});
+  const at::Tensor dGf = dG.view({T * B, NG * H});
+  const at::Tensor dGHf = kGru ? dGH.view({T * B, NG * H}) : dGf;
   at::Tensor grad_x = need_grad_x ? at::mm(dGf, w_ih).view({T, B, I}) : at::empty({0}, opts);
   // dW_ih = dG^T x, computed as (x^T dG)^T: with few inputs MKL runs the (I, T B) x (T B, 4H) shape far faster
   // than (4H, T B) x (T B, I): 75 ms against 1,418 ms at T B = 65,536, I = 10, H = 128, one thread (measured
   // for kernels/input_projection.py, the per-step path's twin).
   at::Tensor g_w_ih = at::mm(x.reshape({T * B, I}).t(), dGf).t().contiguous();
   // dW_hh = sum_t dG_t^T h_{t-1}: h_0 .. h_{T-2} are rows of the output, h_{-1} = h0.
-  at::Tensor g_w_hh = at::mm(dG[0].t(), h0);
+  const at::Tensor& dGh = kGru ? dGH : dG;
+  at::Tensor g_w_hh = at::mm(dGh[0].t(), h0);
   if (T > 1) {
-    gemm<scalar_t>(true, false, 4 * H, H, (T - 1) * B, 1, dGp + B * 4 * H, 4 * H, out.data_ptr<scalar_t>(), 2 * H, 1,
+    gemm<scalar_t>(true, false, NG * H, H, (T - 1) * B, 1, dGh.data_ptr<scalar_t>() + B * NG * H, NG * H, outp, 2 * H, 1,
                    g_w_hh.data_ptr<scalar_t>(), H);
   }
   at::Tensor g_bias = dGf.sum(0);
+  // LSTM: one bias gradient (b_ih and b_hh enter as their sum); GRU: b_hh's own.
+  at::Tensor g_bias_hh = kGru ? dGHf.sum(0) : at::empty({0}, opts);
   at::Tensor g_wq, g_bq, g_mem;
   if (mem) {
     const at::Tensor dQf = dQ.view({T * B, D});
@@ -473,57 +714,133 @@ std::vector<at::Tensor> backward_typed(const at::Tensor& grad_out, const at::Ten
     g_wm = at::empty({0}, opts);
     g_mem = at::empty({0}, opts);
   }
+  if (kGru) {
+    g_c = at::empty({0}, opts);
+  }
   return {grad_x, g_h, g_c, g_mem, g_w_ih, g_w_hh, g_bias, g_wq, g_bq, g_wm, g_w,
-          at::scalar_tensor(visited, opts.dtype(at::kLong))};
+          at::scalar_tensor(visited, opts.dtype(at::kLong)), g_bias_hh};
 }
 
 }  // namespace
 
+std::vector<at::Tensor> rnn_forward(int64_t cell, const at::Tensor& x, const at::Tensor& h0, const at::Tensor& c0,
+                                    const at::Tensor& values, const at::Tensor& keys, int64_t n0,
+                                    const at::Tensor& weight_ih, const at::Tensor& weight_hh,
+                                    const at::Tensor& bias_ih, const at::Tensor& bias_hh,
+                                    const at::Tensor& query_weight, const at::Tensor& query_bias,
+                                    const at::Tensor& key_weight, const at::Tensor& score_weight, int64_t k_top,
+                                    int64_t k_att, int64_t k_trunc, int64_t step0, double eps, int64_t recent,
+                                    int64_t relevant, const at::Tensor& active, const at::Tensor& relevance,
+                                    int64_t count, int64_t kept) {
+  TORCH_CHECK(cell == kCellLstm || cell == kCellGru, "sab_kernels._C.rnn: cell must be 0 (LSTM) or 1 (GRU), got ",
+              cell);
+  const bool gru = cell == kCellGru;
+  TORCH_CHECK(x.dim() == 3 && x.device().is_cpu() && x.is_contiguous(), "sab_kernels._C.rnn: x must be a "
+              "contiguous CPU tensor (T, B, I), got ", x.sizes());
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
+              "sab_kernels._C.rnn: float32 or float64 expected, got ", x.scalar_type());
+  TORCH_CHECK(k_top >= 0, "sab_kernels._C.rnn: k_top must be >= 0, got ", k_top);
+  TORCH_CHECK(k_att >= 1, "sab_kernels._C.rnn: k_att must be >= 1, got ", k_att);
+  TORCH_CHECK(k_trunc >= 0, "sab_kernels._C.rnn: k_trunc must be >= 0, got ", k_trunc);
+  TORCH_CHECK(step0 >= 0, "sab_kernels._C.rnn: step0 must be >= 0, got ", step0);
+  TORCH_CHECK(h0.dim() == 2, "sab_kernels._C.rnn: h0 must be (B, H), got ", h0.sizes());
+  const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = h0.size(1), NG = gru ? 3 : 4;
+  check_2d(h0, "h0", B, H);
+  if (!gru) {
+    check_2d(c0, "c0", B, H);
+  }
+  check_2d(weight_ih, "weight_ih", NG * H, I);
+  check_2d(weight_hh, "weight_hh", NG * H, H);
+  TORCH_CHECK(bias_ih.numel() == NG * H && bias_hh.numel() == NG * H, "sab_kernels._C.rnn: bias_ih and bias_hh "
+              "must have ", NG, "H = ", NG * H, " elements, got ", bias_ih.numel(), " and ", bias_hh.numel());
+  if (k_top > 0) {
+    const int64_t D = query_weight.size(0);
+    check_2d(query_weight, "query_weight", D, H);
+    check_2d(key_weight, "key_weight", D, H);
+    TORCH_CHECK(query_bias.numel() == D && score_weight.numel() == D, "sab_kernels._C.rnn: query_bias and "
+                "score_weight must have D elements");
+    TORCH_CHECK(values.dim() == 3 && values.size(0) == B && values.size(2) == H, "sab_kernels._C.rnn: values "
+                "must be (B, capacity, H), got ", values.sizes());
+    TORCH_CHECK(keys.dim() == 3 && keys.size(0) == B && keys.size(1) == values.size(1) && keys.size(2) == D,
+                "sab_kernels._C.rnn: keys must be (B, capacity, D) = (", B, ", ", values.size(1), ", ", D, "), got ",
+                keys.sizes());
+    TORCH_CHECK(n0 >= 1 && slots_after(n0, T, step0, k_att) <= values.size(1), "sab_kernels._C.rnn: the buffers "
+                "hold ", values.size(1), " slots, but the call starts from ", n0, " (>= 1) and writes ",
+                slots_after(n0, T, step0, k_att) - n0);
+  }
+  TORCH_CHECK(recent >= 0 && relevant >= 0, "sab_kernels._C.rnn: recent and relevant must be >= 0, got ", recent,
+              " and ", relevant);
+  if (recent > 0 && k_top > 0) {  // a bounded memory: check the index it starts from
+    const int64_t A = recent + relevant + 1;
+    TORCH_CHECK(active.dim() == 2 && active.size(0) == B && active.size(1) == A && active.scalar_type() == at::kLong &&
+                    active.is_contiguous() && active.device().is_cpu(),
+                "sab_kernels._C.rnn: the index's active slots must be a contiguous CPU int64 tensor (B, W + M + 1) = (",
+                B, ", ", A, "), got ", active.sizes(), " ", active.scalar_type());
+    TORCH_CHECK(relevance.dim() == 2 && relevance.size(0) == B && relevance.size(1) == A &&
+                    relevance.scalar_type() == x.scalar_type() && relevance.is_contiguous() && relevance.device().is_cpu(),
+                "sab_kernels._C.rnn: the index's relevance must be a contiguous CPU tensor (B, W + M + 1) = (", B, ", ",
+                A, ") of x's dtype, got ", relevance.sizes(), " ", relevance.scalar_type());
+    TORCH_CHECK(count >= 1 && kept >= 0 && kept <= relevant && kept <= count && count - kept <= recent,
+                "sab_kernels._C.rnn: the index (count ", count, ", kept ", kept, ") does not describe a memory of at "
+                "most W = ", recent, " recent and M = ", relevant, " kept slots (count >= 1)");
+    const int64_t* ap = active.data_ptr<int64_t>();
+    for (int64_t b = 0; b < B; ++b) {
+      for (int64_t i = 0; i < count; ++i) {
+        const int64_t s = ap[b * A + i];
+        TORCH_CHECK(s >= 0 && s < n0 && (i == 0 || s > ap[b * A + i - 1]), "sab_kernels._C.rnn: the index's active "
+                    "slots must be increasing slot ids below the ", n0, " slots the call starts from; row ", b,
+                    " lists ", s, " at position ", i);
+      }
+    }
+  }
+  for (const at::Tensor* t : {&h0, &c0, &weight_ih, &weight_hh, &bias_ih, &bias_hh, &query_weight, &query_bias,
+                              &key_weight, &score_weight, &values, &keys}) {
+    TORCH_CHECK(!t->defined() || t->numel() == 0 || (t->scalar_type() == x.scalar_type() && t->is_contiguous() &&
+                                                     t->device().is_cpu()),
+                "sab_kernels._C.rnn: every tensor must be contiguous, on the CPU and of x's dtype");
+  }
+  return AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "sab_rnn_forward", [&] {
+    auto run = [&](auto gru_tag) {
+      return forward_typed<scalar_t, decltype(gru_tag)::value>(
+          x, h0, c0, values, keys, n0, weight_ih, weight_hh, bias_ih, bias_hh, query_weight, query_bias, key_weight,
+          score_weight, k_top, k_att, k_trunc, step0, eps, k_top > 0 ? recent : 0, relevant, active, relevance, count,
+          kept);
+    };
+    return gru ? run(std::true_type{}) : run(std::false_type{});
+  });
+}
+
+std::vector<at::Tensor> rnn_backward(int64_t cell, const at::Tensor& grad_out, const at::Tensor& grad_h,
+                                     const at::Tensor& grad_c, const at::Tensor& grad_memory,
+                                     const std::vector<at::Tensor>& inputs, const std::vector<at::Tensor>& saved,
+                                     int64_t n0, int64_t k_top, int64_t k_att, int64_t k_trunc, int64_t step0,
+                                     bool need_grad_x, double eps) {
+  TORCH_CHECK(cell == kCellLstm || cell == kCellGru, "sab_kernels._C.rnn_backward: cell must be 0 (LSTM) or 1 (GRU), "
+              "got ", cell);
+  TORCH_CHECK(inputs.size() == 13 && saved.size() == 10, "sab_kernels._C.rnn_backward: expected 13 inputs and "
+              "10 saved tensors, got ", inputs.size(), " and ", saved.size());
+  return AT_DISPATCH_FLOATING_TYPES(inputs[0].scalar_type(), "sab_rnn_backward", [&] {
+    return cell == kCellGru
+               ? backward_typed<scalar_t, true>(grad_out, grad_h, grad_c, grad_memory, inputs, saved, n0, k_top, k_att,
+                                                k_trunc, step0, need_grad_x, eps)
+               : backward_typed<scalar_t, false>(grad_out, grad_h, grad_c, grad_memory, inputs, saved, n0, k_top,
+                                                 k_att, k_trunc, step0, need_grad_x, eps);
+  });
+}
+
+// The LSTM entry points of the original contract (the Triton backend's too): one bias (b_ih + b_hh), 12 inputs.
 std::vector<at::Tensor> lstm_forward(const at::Tensor& x, const at::Tensor& h0, const at::Tensor& c0,
                                      const at::Tensor& values, const at::Tensor& keys, int64_t n0,
                                      const at::Tensor& weight_ih, const at::Tensor& weight_hh, const at::Tensor& bias,
                                      const at::Tensor& query_weight, const at::Tensor& query_bias,
                                      const at::Tensor& key_weight, const at::Tensor& score_weight, int64_t k_top,
                                      int64_t k_att, int64_t k_trunc, int64_t step0, double eps) {
-  TORCH_CHECK(x.dim() == 3 && x.device().is_cpu() && x.is_contiguous(), "sab_kernels._C.lstm: x must be a "
-              "contiguous CPU tensor (T, B, I), got ", x.sizes());
-  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
-              "sab_kernels._C.lstm: float32 or float64 expected, got ", x.scalar_type());
-  TORCH_CHECK(k_top >= 0, "sab_kernels._C.lstm: k_top must be >= 0, got ", k_top);
-  TORCH_CHECK(k_att >= 1, "sab_kernels._C.lstm: k_att must be >= 1, got ", k_att);
-  TORCH_CHECK(k_trunc >= 0, "sab_kernels._C.lstm: k_trunc must be >= 0, got ", k_trunc);
-  TORCH_CHECK(step0 >= 0, "sab_kernels._C.lstm: step0 must be >= 0, got ", step0);
-  const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = h0.size(1);
-  check_2d(h0, "h0", B, H);
-  check_2d(c0, "c0", B, H);
-  check_2d(weight_ih, "weight_ih", 4 * H, I);
-  check_2d(weight_hh, "weight_hh", 4 * H, H);
-  TORCH_CHECK(bias.numel() == 4 * H, "sab_kernels._C.lstm: bias must have 4H elements");
-  if (k_top > 0) {
-    const int64_t D = query_weight.size(0);
-    check_2d(query_weight, "query_weight", D, H);
-    check_2d(key_weight, "key_weight", D, H);
-    TORCH_CHECK(query_bias.numel() == D && score_weight.numel() == D, "sab_kernels._C.lstm: query_bias and "
-                "score_weight must have D elements");
-    TORCH_CHECK(values.dim() == 3 && values.size(0) == B && values.size(2) == H, "sab_kernels._C.lstm: values "
-                "must be (B, capacity, H), got ", values.sizes());
-    TORCH_CHECK(keys.dim() == 3 && keys.size(0) == B && keys.size(1) == values.size(1) && keys.size(2) == D,
-                "sab_kernels._C.lstm: keys must be (B, capacity, D) = (", B, ", ", values.size(1), ", ", D, "), got ",
-                keys.sizes());
-    TORCH_CHECK(n0 >= 1 && slots_after(n0, T, step0, k_att) <= values.size(1), "sab_kernels._C.lstm: the buffers "
-                "hold ", values.size(1), " slots, but the call starts from ", n0, " (>= 1) and writes ",
-                slots_after(n0, T, step0, k_att) - n0);
-  }
-  for (const at::Tensor* t : {&h0, &c0, &weight_ih, &weight_hh, &bias, &query_weight, &query_bias, &key_weight,
-                              &score_weight, &values, &keys}) {
-    TORCH_CHECK(!t->defined() || t->numel() == 0 || (t->scalar_type() == x.scalar_type() && t->is_contiguous() &&
-                                                     t->device().is_cpu()),
-                "sab_kernels._C.lstm: every tensor must be contiguous, on the CPU and of x's dtype");
-  }
-  return AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "sab_lstm_forward", [&] {
-    return forward_typed<scalar_t>(x, h0, c0, values, keys, n0, weight_ih, weight_hh, bias, query_weight, query_bias,
-                                   key_weight, score_weight, k_top, k_att, k_trunc, step0, eps);
-  });
+  const at::Tensor zero = at::zeros_like(bias);  // b_ih + 0 = b_ih, bitwise
+  std::vector<at::Tensor> outs = rnn_forward(kCellLstm, x, h0, c0, values, keys, n0, weight_ih, weight_hh, bias, zero,
+                                             query_weight, query_bias, key_weight, score_weight, k_top, k_att, k_trunc,
+                                             step0, eps, 0, 0, at::Tensor(), at::Tensor(), 0, 0);
+  outs.resize(13);
+  return outs;
 }
 
 std::vector<at::Tensor> lstm_backward(const at::Tensor& grad_out, const at::Tensor& grad_h, const at::Tensor& grad_c,
@@ -532,10 +849,12 @@ std::vector<at::Tensor> lstm_backward(const at::Tensor& grad_out, const at::Tens
                                       int64_t k_trunc, int64_t step0, bool need_grad_x, double eps) {
   TORCH_CHECK(inputs.size() == 12 && saved.size() == 10, "sab_kernels._C.lstm_backward: expected 12 inputs and "
               "10 saved tensors, got ", inputs.size(), " and ", saved.size());
-  return AT_DISPATCH_FLOATING_TYPES(inputs[0].scalar_type(), "sab_lstm_backward", [&] {
-    return backward_typed<scalar_t>(grad_out, grad_h, grad_c, grad_memory, inputs, saved, n0, k_top, k_att, k_trunc,
-                                    step0, need_grad_x, eps);
-  });
+  std::vector<at::Tensor> in = inputs;
+  in.push_back(inputs[7]);
+  std::vector<at::Tensor> outs = rnn_backward(kCellLstm, grad_out, grad_h, grad_c, grad_memory, in, saved, n0, k_top,
+                                              k_att, k_trunc, step0, need_grad_x, eps);
+  outs.resize(12);
+  return outs;
 }
 
 }  // namespace sab

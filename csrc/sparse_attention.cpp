@@ -448,6 +448,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::call_guard<py::gil_scoped_release>());
   m.def("lstm_backward", &sab::lstm_backward, "The SAB-LSTM sequence's reverse sweep (see csrc/sab_lstm.cpp).",
         py::call_guard<py::gil_scoped_release>());
+  m.def("rnn_forward", &sab::rnn_forward, "The whole SAB-LSTM/SAB-GRU sequence, unbounded or bounded memory "
+        "(see csrc/sab_lstm.cpp).", py::call_guard<py::gil_scoped_release>());
+  m.def("rnn_backward", &sab::rnn_backward, "The SAB-LSTM/SAB-GRU sequence's reverse sweep (see csrc/sab_lstm.cpp).",
+        py::call_guard<py::gil_scoped_release>());
   m.def("capability", &sab::capability, "The kernel table in use: 'default', 'avx2' or 'avx512'.");
   m.def("_set_capability", &sab::set_capability, py::arg("name"),
         "Testing aid: force a kernel table ('default', 'avx2', 'avx512'; '' = best). False if unavailable.");

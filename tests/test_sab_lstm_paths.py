@@ -142,7 +142,7 @@ def test_fused_visits_exactly_the_steps_gradient_reaches():
     fused = make("fused", 1, 1, k_trunc)
     stats = {}
     mem = fused.memory
-    out, h, c, _, _ = sab_lstm_fused.sequence(
+    out, h, c, *_ = sab_lstm_fused.sequence(
         x, hx[0][0], hx[1][0], hx[0][0].unsqueeze(1), None, (fused.weight_ih, fused.weight_hh, fused.bias_ih, fused.bias_hh),
         (mem.query_proj.weight, mem.query_proj.bias, mem.key_proj.weight, mem.score_weight), 1, 1, k_trunc, stats=stats,
     )

@@ -37,9 +37,15 @@ def _acc(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
-def unsupported_reason(x: Tensor, k_top: Optional[int], param_dtype: torch.dtype = torch.float32) -> Optional[str]:
-    """Why the Triton fused path cannot run on x with this k_top (None: dense) and parameters of param_dtype, or
-    None when it can. bfloat16/float16 inputs run upcast to float32 parameters' dtype."""
+def unsupported_reason(x: Tensor, k_top: Optional[int], param_dtype: torch.dtype = torch.float32,
+                       cell_type: str = "lstm", bounded: bool = False) -> Optional[str]:
+    """Why the Triton fused path cannot run on x with this k_top (None: dense), parameters of param_dtype, this
+    cell and memory, or None when it can. bfloat16/float16 inputs run upcast to float32 parameters' dtype."""
+    if cell_type != "lstm":
+        return f"the Triton fused kernels run the LSTM cell only, not {cell_type!r} (the C++ kernels run the GRU)"
+    if bounded:
+        return ("the Triton fused kernels have no bounded memory (relevancy screening) yet; the C++ kernels and the "
+                "per-step path do")
     if x.device.type != "cuda" and not triton_interpreter_enabled():
         return f"the Triton kernels need CUDA tensors (or TRITON_INTERPRET=1), got {x.device}"
     if x.dtype in HALF and param_dtype != torch.float32:
