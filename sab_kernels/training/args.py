@@ -31,6 +31,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="sab | tbptt (no memory) | bptt (no truncation, no memory) | dense (softmax over all slots) | "
                         "lstm (torch.nn.LSTM) | sab-gru (SAB on a GRU cell) | gru (torch.nn.GRU)")
     p.add_argument("--num-layers", type=int, default=1, help="stacked recurrent layers")
+    p.add_argument("--init", default=None,
+                   help="start from the weights of this model file (fine-tuning: another T or a bounded memory)")
     p.add_argument("--dropout", type=float, default=0.0, help="dropout between layers (training only)")
     p.add_argument("--recent-slots", type=int, default=None,
                    help="bounded memory: the W most recent slots (with --relevant-slots; default unbounded)")
@@ -121,6 +123,31 @@ def _check_data(args) -> None:
         raise ValueError(f"--data {args.data}: not readable")
 
 
+def _check_init(args) -> None:
+    """--init: a readable model file whose weights fit the model these arguments build."""
+    from .model_file import init_weights
+
+    if not os.path.isfile(args.init):
+        raise ValueError(f"--init {args.init}: no such model file")
+    try:
+        weights = init_weights(args.init)
+    except Exception as exc:  # noqa: BLE001 - unreadable files of every kind
+        raise ValueError(f"--init {args.init}: not a readable sab-kernels model file ({exc})") from None
+    from ..nn import build_model
+    from ..tasks import make_task
+
+    task = make_task(args.task, args.seq_len, args.input, args.data, not args.no_permute, args.seed)
+    model = build_model(args.model, task.input_size, args.hidden, task.output_size, args.k_top, args.k_att,
+                        args.k_trunc or None, args.attn_dim, "cpu", eps=args.eps, num_layers=args.num_layers,
+                        dropout=args.dropout, recent_slots=args.recent_slots, relevant_slots=args.relevant_slots)
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        raise ValueError(f"--init {args.init}: its weights do not fit --model {args.model} --hidden {args.hidden} "
+                         f"--num-layers {args.num_layers}: {first[1].strip() if len(first) > 1 else first[0]}") from None
+
+
 def _check_numbers(args) -> None:
     at_least = [("--seq-len", args.seq_len, 1), ("--k-top", args.k_top, 1 if args.model in ("sab", "sab-gru") else 0),
                 ("--k-att", args.k_att, 1), ("--k-trunc", args.k_trunc, 0), ("--hidden", args.hidden, 1),
@@ -193,6 +220,8 @@ def check_args(args: argparse.Namespace) -> None:
     """Raise ValueError (one line) for the first bad argument; reads files, writes nothing."""
     _check_data(args)  # first: the input a long run would otherwise fail on only when it gets there
     _check_numbers(args)
+    if args.init is not None:
+        _check_init(args)
     if args.stateful and args.task != "chars":
         raise ValueError(f"--stateful applies to the chars task only, not {args.task}")
     if args.stateful and (args.num_layers > 1 or args.model in ("sab-gru", "gru") or args.recent_slots is not None):

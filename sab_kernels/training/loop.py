@@ -24,7 +24,7 @@ from ..tasks.seeds import train_seed
 from .args import transfer_lengths
 from .checkpoint import OUTPUTS, load_checkpoint, save_checkpoint, unpack_state
 from .evaluation import TEST_SET, evaluate_run
-from .model_file import model_description, save_model
+from .model_file import init_weights, model_description, save_model
 from .records import plot_curve, write_csv
 
 
@@ -90,6 +90,10 @@ def run(args: argparse.Namespace) -> dict:
     ckpt_path = os.path.join(args.out, "checkpoint.pt")
     start, rows, elapsed = 0, [], 0.0
     carried = None  # --stateful: the state the last chunk handed on
+    if args.init and not (args.resume and os.path.exists(ckpt_path)):
+        # Fine-tuning: the weights of a model file (its build must give the same parameter shapes; a bounded
+        # memory or another T changes none).
+        model.load_state_dict(init_weights(args.init))
     if args.resume and os.path.exists(ckpt_path):
         ckpt = load_checkpoint(ckpt_path, map_location=device)
         model.load_state_dict(ckpt["model"])

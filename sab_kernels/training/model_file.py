@@ -71,6 +71,14 @@ def load_model(path: str, device="cpu", backend: str = "auto") -> Tuple[nn.Modul
     return model, {k: v for k, v in blob.items() if k != "state_dict"}
 
 
+def init_weights(path: str) -> Dict[str, Any]:
+    """The state dict of model file `path`, to start a run from (sab-train --init)."""
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a sab-kernels model file (format {FORMAT!r})")
+    return blob["state_dict"]
+
+
 def model_description(a: Dict[str, Any], task) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     """(build, task) entries of a model file from sab-train's arguments `a` (a dict, as a checkpoint stores them)
     and the task built from them. Arguments that older checkpoints lack get their defaults."""
