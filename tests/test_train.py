@@ -67,7 +67,7 @@ def test_resume_is_exact(tmp_path):
         assert torch.equal(value, b["model"][name]), name
 
 
-@pytest.mark.parametrize("model", ["tbptt", "bptt", "dense", "lstm"])
+@pytest.mark.parametrize("model", ["tbptt", "bptt", "dense", "lstm", "sab-gru", "gru"])
 def test_baseline_models_train(tmp_path, model, capsys):
     train.main(["copy", "--seq-len", "3", "--steps", "2", "--eval-every", "2", "--model", model,
                 "--out", str(tmp_path), *TINY])
@@ -151,6 +151,13 @@ BAD_ARGS = [
     pytest.param(["--device", "gpu7"], "--device", id="device-bogus"),
     pytest.param(["--data", "x.txt"], "--data", id="data-for-copy"),
     pytest.param(["--resume", "--overwrite"], "--resume", id="resume-and-overwrite"),
+    pytest.param(["--num-layers", "0"], "--num-layers", id="num-layers-0"),
+    pytest.param(["--dropout", "1"], "--dropout", id="dropout-1"),
+    pytest.param(["--recent-slots", "4"], "--relevant-slots", id="recent-without-relevant"),
+    pytest.param(["--recent-slots", "0", "--relevant-slots", "2"], "--recent-slots", id="recent-slots-0"),
+    pytest.param(["--recent-slots", "4", "--relevant-slots", "-1"], "--relevant-slots", id="relevant-slots-negative"),
+    pytest.param(["--model", "lstm", "--recent-slots", "4", "--relevant-slots", "2"], "--recent-slots", id="bounded-lstm"),
+    pytest.param(["--init", "no/such/model.pt"], "--init", id="init-missing"),
 ]
 
 
@@ -366,3 +373,33 @@ def test_clip_gradients_matches_torch_and_survives_float32_overflow():
     assert p.grad[0] == 3e30
     p.grad = torch.tensor([1.0, float("nan"), 0.0, 0.0])
     assert math.isnan(train.clip_gradients([p], 1.0)) and p.grad[0] == 1.0
+
+
+def test_layers_gru_and_bounded_memory_train_and_ship_a_model_that_reloads(tmp_path, capsys):
+    """sab-train --model sab-gru --num-layers 2 --recent-slots/--relevant-slots writes a model file whose build
+    carries those options; it reloads (load_model) into the same function, and --init starts a run from it."""
+    from sab_kernels.training.model_file import load_model
+
+    out = tmp_path / "run"
+    opts = ["--model", "sab-gru", "--num-layers", "2", "--dropout", "0.1", "--recent-slots", "2", "--relevant-slots", "1"]
+    train.main(["copy", "--seq-len", "3", "--steps", "2", "--eval-every", "2", "--out", str(out), *TINY, *opts])
+    model, info = load_model(str(out / "model.pt"), "cpu", "cpu")
+    assert info["build"]["num_layers"] == 2 and info["build"]["recent_slots"] == 2 and info["build"]["relevant_slots"] == 1
+    assert model.core.num_layers == 2 and model.core.layers[0].bounds == (2, 1)
+    saved = torch.load(out / "checkpoint.pt", weights_only=True)["model"]
+    assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())
+    # --init: a zero-step run starts from those weights (another T, the same shapes).
+    init = tmp_path / "init"
+    train.main(["copy", "--seq-len", "5", "--steps", "0", "--eval-every", "2", "--out", str(init), *TINY, *opts,
+                "--init", str(out / "model.pt")])
+    again = torch.load(init / "checkpoint.pt", weights_only=True)["model"]
+    assert all(torch.equal(again[k], v) for k, v in saved.items())
+
+
+def test_init_whose_weights_do_not_fit_is_refused_before_any_work(tmp_path, capsys):
+    out = tmp_path / "run"
+    train.main(["copy", "--seq-len", "3", "--steps", "1", "--eval-every", "1", "--out", str(out), *TINY])
+    bad = tmp_path / "bad"
+    _expect_usage_error(["copy", "--seq-len", "3", "--steps", "1", "--out", str(bad), *TINY, "--num-layers", "2",
+                         "--init", str(out / "model.pt")], capsys, "--init")
+    assert not bad.exists()
