@@ -19,7 +19,9 @@ void attention_forward_rows(const ForwardArgs& a, Dtype dtype);
 void attention_backward_rows(const BackwardArgs& a, Dtype dtype);
 
 // The whole SAB-LSTM or SAB-GRU sequence (SPEC section 2) in one call, appending its slots into the caller's
-// buffers; see sab_lstm.cpp for the arguments. cell: kCellLstm or kCellGru.
+// buffers; see sab_lstm.cpp for the arguments. cell: kCellLstm or kCellGru. recent = 0: an unbounded memory;
+// recent = W > 0: a bounded one starting from the index (active, relevance, count, kept), the new index returned
+// after the 13 tensors of lstm_forward. keep = false: no backward will run (the saved arrays are scratch).
 constexpr int64_t kCellLstm = 0;
 constexpr int64_t kCellGru = 1;
 
@@ -31,7 +33,7 @@ std::vector<at::Tensor> rnn_forward(int64_t cell, const at::Tensor& x, const at:
                                     const at::Tensor& key_weight, const at::Tensor& score_weight, int64_t k_top,
                                     int64_t k_att, int64_t k_trunc, int64_t step0, double eps, int64_t recent,
                                     int64_t relevant, const at::Tensor& active, const at::Tensor& relevance,
-                                    int64_t count, int64_t kept);
+                                    int64_t count, int64_t kept, bool keep);
 
 std::vector<at::Tensor> rnn_backward(int64_t cell, const at::Tensor& grad_out, const at::Tensor& grad_h,
                                      const at::Tensor& grad_c, const at::Tensor& grad_memory,

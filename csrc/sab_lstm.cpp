@@ -290,7 +290,7 @@ std::vector<at::Tensor> forward_typed(const at::Tensor& x, const at::Tensor& h0,
                                       const at::Tensor& wm, const at::Tensor& w, int64_t k_top, int64_t k_att,
                                       int64_t k_trunc, int64_t step0, double eps, int64_t recent, int64_t relevant,
                                       const at::Tensor& active_in, const at::Tensor& relevance_in, int64_t count0,
-                                      int64_t kept0) {
+                                      int64_t kept0, bool keep) {
   (void)k_trunc;  // truncation only shapes the backward
   constexpr int64_t NG = kGru ? 3 : 4;  // gate blocks of H
   const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = h0.size(1);
@@ -311,14 +311,17 @@ std::vector<at::Tensor> forward_typed(const at::Tensor& x, const at::Tensor& h0,
   const at::Tensor bias = kGru ? b_ih : at::add(b_ih, b_hh);
   at::Tensor G = at::addmm(bias, x.reshape({T * B, I}), w_ih.t()).view({T, B, NG * H});
   // LSTM: c_t and tanh(c_t). GRU: W_hn h_{t-1} + b_hn (C), nothing (TC).
-  at::Tensor C = at::empty({T, B, H}, opts), TC = at::empty({kGru ? 0 : T, B, H}, opts);
+  // keep = false (no backward will run): the per-step arrays are scratch of one step (two for C, which the
+  // next step reads), not (T, ...) arrays, and what is returned for the backward is meaningless.
+  const int64_t Ts = keep ? T : std::min<int64_t>(T, 1), Tc = keep ? T : std::min<int64_t>(T, 2);
+  at::Tensor C = at::empty({Tc, B, H}, opts), TC = at::empty({kGru ? 0 : Ts, B, H}, opts);
   // The output (T, B, 2H), written in place: h_t in its first half, the summary s_t in its second.
   at::Tensor out = at::empty({T, B, 2 * H}, opts);
-  at::Tensor HH = mem ? at::empty({T, B, H}, opts) : at::empty({0}, opts);  // h_hat (without memory: h itself)
-  at::Tensor Q = at::empty({mem ? T : 0, B, D}, opts);
-  at::Tensor W = at::empty({mem ? T : 0, B, k}, opts);
-  at::Tensor IDX = at::empty({mem ? T : 0, B, k}, opts.dtype(at::kLong));
-  at::Tensor THR = at::empty({mem ? T : 0, B}, opts.dtype(at::kLong));
+  at::Tensor HH = mem ? at::empty({Ts, B, H}, opts) : at::empty({0}, opts);  // h_hat (without memory: h itself)
+  at::Tensor Q = at::empty({mem ? Ts : 0, B, D}, opts);
+  at::Tensor W = at::empty({mem ? Ts : 0, B, k}, opts);
+  at::Tensor IDX = at::empty({mem ? Ts : 0, B, k}, opts.dtype(at::kLong));
+  at::Tensor THR = at::empty({mem ? Ts : 0, B}, opts.dtype(at::kLong));
   at::Tensor summary = at::empty({B, H}, opts);
   at::Tensor GH = at::empty({kGru ? B : 0, 3 * H}, opts);  // GRU: the hidden half of one step
   std::vector<int64_t> slot_of(T, -1);  // the slot step t wrote, or -1
@@ -379,16 +382,17 @@ std::vector<at::Tensor> forward_typed(const at::Tensor& x, const at::Tensor& h0,
   for (int64_t t = 0; t < T; ++t) {
     scalar_t* gt = Gp + t * B * NG * H;
     scalar_t* ht = outp + t * B * 2 * H;  // h_t, rows 2H apart; s_t at ht + H
-    scalar_t* hh = mem ? HHp + t * B * H : ht;
+    const int64_t ts = keep ? t : 0, tc = keep ? t : t % 2;  // rows of the per-step arrays
+    scalar_t* hh = mem ? HHp + ts * B * H : ht;
     if constexpr (kGru) {
       for (int64_t b = 0; b < B; ++b) {
         std::copy_n(bhh, 3 * H, GHp + b * 3 * H);
       }
       gemm<scalar_t>(false, true, B, 3 * H, H, 1, h, ldh, whh, H, 1, GHp, 3 * H);
-      gru_cell_forward<scalar_t>(gt, GHp, h, ldh, Cp + t * B * H, hh, mem ? H : 2 * H, B, H);
+      gru_cell_forward<scalar_t>(gt, GHp, h, ldh, Cp + tc * B * H, hh, mem ? H : 2 * H, B, H);
     } else {
       gemm<scalar_t>(false, true, B, 4 * H, H, 1, h, ldh, whh, H, 1, gt, 4 * H);
-      CellArgs ca{gt, c, Cp + t * B * H, TCp + t * B * H, hh, mem ? H : 2 * H, B, H};
+      CellArgs ca{gt, c, Cp + tc * B * H, TCp + ts * B * H, hh, mem ? H : 2 * H, B, H};
       kern.cell_forward(ca);
     }
     if (!mem) {
@@ -396,15 +400,15 @@ std::vector<at::Tensor> forward_typed(const at::Tensor& x, const at::Tensor& h0,
         std::fill_n(ht + b * 2 * H + H, H, scalar_t(0));
       }
     } else {
-      scalar_t* qt = Q.data_ptr<scalar_t>() + t * B * D;
+      scalar_t* qt = Q.data_ptr<scalar_t>() + ts * B * D;
       for (int64_t b = 0; b < B; ++b) {
         std::copy_n(bqp, D, qt + b * D);
       }
       gemm<scalar_t>(false, true, B, D, H, 1, hh, H, wqp, H, 1, qt, D);
       std::fill(lengths.begin(), lengths.end(), bounded ? bm.count : n);
-      scalar_t* wt = W.data_ptr<scalar_t>() + t * B * k;
-      int64_t* it = IDX.data_ptr<int64_t>() + t * B * k;
-      int64_t* tht = THR.data_ptr<int64_t>() + t * B;
+      scalar_t* wt = W.data_ptr<scalar_t>() + ts * B * k;
+      int64_t* it = IDX.data_ptr<int64_t>() + ts * B * k;
+      int64_t* tht = THR.data_ptr<int64_t>() + ts * B;
       ForwardArgs a{};
       a.q = qt;
       a.keys = bounded ? bm.ck : keys;
@@ -456,11 +460,11 @@ std::vector<at::Tensor> forward_typed(const at::Tensor& x, const at::Tensor& h0,
     h = ht;
     ldh = 2 * H;
     if constexpr (!kGru) {
-      c = Cp + t * B * H;
+      c = Cp + tc * B * H;
     }
   }
   at::Tensor h_n = T > 0 ? out[T - 1].narrow(1, 0, H).clone() : h0.clone();
-  at::Tensor c_n = kGru ? at::empty({0}, opts) : (T > 0 ? C[T - 1].clone() : c0.clone());
+  at::Tensor c_n = kGru ? at::empty({0}, opts) : (T > 0 ? C[keep ? T - 1 : (T - 1) % 2].clone() : c0.clone());
   at::Tensor SLOT = at::tensor(slot_of, opts.dtype(at::kLong));
   if (!bounded) {
     active = at::empty({0}, opts.dtype(at::kLong));
@@ -731,7 +735,7 @@ std::vector<at::Tensor> rnn_forward(int64_t cell, const at::Tensor& x, const at:
                                     const at::Tensor& key_weight, const at::Tensor& score_weight, int64_t k_top,
                                     int64_t k_att, int64_t k_trunc, int64_t step0, double eps, int64_t recent,
                                     int64_t relevant, const at::Tensor& active, const at::Tensor& relevance,
-                                    int64_t count, int64_t kept) {
+                                    int64_t count, int64_t kept, bool keep) {
   TORCH_CHECK(cell == kCellLstm || cell == kCellGru, "sab_kernels._C.rnn: cell must be 0 (LSTM) or 1 (GRU), got ",
               cell);
   const bool gru = cell == kCellGru;
@@ -804,7 +808,7 @@ std::vector<at::Tensor> rnn_forward(int64_t cell, const at::Tensor& x, const at:
       return forward_typed<scalar_t, decltype(gru_tag)::value>(
           x, h0, c0, values, keys, n0, weight_ih, weight_hh, bias_ih, bias_hh, query_weight, query_bias, key_weight,
           score_weight, k_top, k_att, k_trunc, step0, eps, k_top > 0 ? recent : 0, relevant, active, relevance, count,
-          kept);
+          kept, keep);
     };
     return gru ? run(std::true_type{}) : run(std::false_type{});
   });
@@ -838,7 +842,7 @@ std::vector<at::Tensor> lstm_forward(const at::Tensor& x, const at::Tensor& h0, 
   const at::Tensor zero = at::zeros_like(bias);  // b_ih + 0 = b_ih, bitwise
   std::vector<at::Tensor> outs = rnn_forward(kCellLstm, x, h0, c0, values, keys, n0, weight_ih, weight_hh, bias, zero,
                                              query_weight, query_bias, key_weight, score_weight, k_top, k_att, k_trunc,
-                                             step0, eps, 0, 0, at::Tensor(), at::Tensor(), 0, 0);
+                                             step0, eps, 0, 0, at::Tensor(), at::Tensor(), 0, 0, true);
   outs.resize(13);
   return outs;
 }

@@ -375,3 +375,21 @@ def test_compiled_equals_eager(cell_type, bounds):
         results.append([o.detach() for o in outs] + list(g))
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("cell_type,k_top,bounds", [("lstm", 0, None), ("gru", 0, None), ("lstm", 2, (2, 1)),
+                                                    ("gru", 2, None)])
+def test_inference_equals_training_forward(cell_type, k_top, bounds):
+    """Without a backward the kernels keep one step's arrays: the same outputs, bit for bit."""
+    cell, attention = make_params(cell_type, 3, 4, 3, seed=13)
+    x, h0, c0, _ = leaves(11, 2, 3, 4, 0, seed=14, cell_type=cell_type)
+    runs = []
+    for grad in (True, False):
+        with torch.set_grad_enabled(grad):
+            index = SlotIndex.new(2, 1, *bounds, "cpu", DT) if bounds else None
+            r = sab_lstm_fused.sequence(x, h0, c0, h0.unsqueeze(1), None, cell, attention if k_top else None, k_top, 1,
+                                        3, cell_type=cell_type, index=index)
+            runs.append([t.detach() for t in (r.out, r.h_n, r.c_n, r.memory) if t is not None]
+                        + ([r.index.active, r.index.relevance] if bounds else []))
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)

@@ -94,7 +94,7 @@ class _FusedSequence(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, config, x, h0, c0, memory, w_ih, w_hh, b_ih, b_hh, wq, bq, wm, w):
-        k_top, k_att, k_trunc, step0, stats, eps, slots, n0, backend, cell, index, result = config
+        k_top, k_att, k_trunc, step0, stats, eps, slots, n0, backend, cell, index, result, keep = config
         kernels = sab_lstm_op.kernels(backend)
         ctx.set_materialize_grads(False)
         empty = x.new_empty(0)
@@ -111,7 +111,7 @@ class _FusedSequence(torch.autograd.Function):
             else:
                 bound = (0, 0, empty.long(), empty, 0, 0)
             outs = kernels.rnn_forward(_CELL_ID[cell], x, h0, c0, values, keys, n0, *weights, *biases, *att, k_top,
-                                       k_att, k_trunc, step0, eps, *bound)
+                                       k_att, k_trunc, step0, eps, *bound, keep)
             out, h_n, c_n, *saved = outs[:13]
             if index is not None:
                 from .bounded_slots import SlotIndex
@@ -219,8 +219,11 @@ def sequence(
             slots, memory = None, None
         result = {}
         gru = cell_type == "gru"
+        # Whether a backward can run: without one the kernels keep one step's arrays instead of T steps'.
+        keep = torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (x, h0, None if gru else c0, memory, *cell, *attention))
         out, h_n, c_n, memory_out = _FusedSequence.apply(
-            (k_top, k_att, k_trunc, step0, stats, eps, slots, n0, backend, cell_type, index, result), x, h0,
+            (k_top, k_att, k_trunc, step0, stats, eps, slots, n0, backend, cell_type, index, result, keep), x, h0,
             None if gru else c0, memory, *cell, *attention
         )
         return FusedResult(out, h_n, None if gru else c_n, memory_out, slots, result.get("index"))

@@ -81,7 +81,7 @@ def _forward_op(
         bound = ((recent, relevant, active.contiguous(), relevance.contiguous(), count, kept) if bounded
                  else (0, 0, _empty(x).long(), _empty(x), 0, 0))
         outs = _C.rnn_forward(_CELL_ID[cell_type], *w, bias_ih.contiguous(), bias_hh.contiguous(), *att, k_top, k_att,
-                              k_trunc, step0, eps, *bound)
+                              k_trunc, step0, eps, *bound, True)
         new_active, new_relevance = outs[13], outs[14]
         if not bounded:
             new_active = _empty(x).long()
