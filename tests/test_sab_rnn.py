@@ -335,3 +335,42 @@ def test_bad_hx_for_the_layers_names_itself():
         SABGRU(3, 4)(x, (torch.zeros(1, 2, 4), torch.zeros(1, 2, 4)))
     with pytest.raises(ValueError, match="lengths must be None when x is a PackedSequence"):
         module(pack_padded_sequence(x, torch.tensor([5, 4])), lengths=torch.tensor([5, 4]))
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_a_torch_cell_in_sparse_attentive_rnn_equals_the_built_in_module(cell):
+    """SparseAttentiveRNN(nn.LSTMCell / nn.GRUCell) with the built-in module's weights: the same function,
+    outputs and gradients, ragged lengths and a bounded memory included."""
+    from sab_kernels.nn import SparseAttentiveRNN
+
+    builtin = make(cell, "step", recent_slots=2, relevant_slots=1)
+    torch_cell = (nn.LSTMCell if cell == "lstm" else nn.GRUCell)(3, 4).double()
+    generic = SparseAttentiveRNN(torch_cell, k_top=2, k_att=1, k_trunc=3, backend="cpu", recent_slots=2,
+                                 relevant_slots=1).double()
+    layer = builtin.layers[0]
+    with torch.no_grad():
+        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+            getattr(torch_cell, name).copy_(getattr(layer, name))
+        generic.memory.load_state_dict(layer.memory.state_dict())
+    assert not generic.uses_fused_path(torch.zeros(1, 1, 3, dtype=torch.float64))
+    x = torch.randn(9, 3, 3, dtype=torch.float64, requires_grad=True)
+    lengths = torch.tensor([9, 4, 6])
+    a, sa = generic(x, lengths=lengths)
+    b, sb = builtin(x, lengths=lengths)
+    assert_close(a, b)
+    ga = torch.autograd.grad((a * a).sum(), [x, torch_cell.weight_hh, generic.memory.score_weight])
+    gb = torch.autograd.grad((b * b).sum(), [x, layer.weight_hh, layer.memory.score_weight])
+    for u, v in zip(ga, gb):
+        assert_close(u, v)
+
+
+def test_sparse_attentive_rnn_takes_any_cell_with_the_rnn_cell_contract_and_checks_it():
+    from sab_kernels.nn import SparseAttentiveRNN
+
+    rnn = SparseAttentiveRNN(nn.RNNCell(3, 4), k_top=2, backend="cpu")
+    out, h_n = rnn(torch.randn(5, 2, 3))
+    assert out.shape == (5, 2, 8) and h_n.shape == (1, 2, 4)
+    with pytest.raises(TypeError, match="cell must be an nn.Module"):
+        SparseAttentiveRNN(lambda x, h: h)
+    with pytest.raises(TypeError, match="int attribute input_size"):
+        SparseAttentiveRNN(nn.Linear(3, 4))

@@ -69,18 +69,23 @@ class SABLayer(nn.Module):
         self.input_size, self.hidden_size = input_size, hidden_size
         self.k_top, self.k_att, self.k_trunc = k_top, k_att, (k_trunc or None)
         self.backend, self.path = backend, path
-        H, G = hidden_size, self.GATES
-        self.weight_ih = nn.Parameter(torch.empty(G * H, input_size))
+        self._make_cell_parameters()
+        H = hidden_size
+        self.memory: Optional[SparseAttentiveMemory] = None
+        if k_top != 0:
+            # Dense: k_top larger than any memory ever holds (the op keeps min(k_top, n) slots).
+            self.memory = SparseAttentiveMemory(H, attn_dim or H, k_top if k_top is not None else 2**31 - 1, backend, eps)
+
+    def _make_cell_parameters(self) -> None:
+        """weight_ih (G H, I), weight_hh (G H, H), bias_ih, bias_hh (G H,), uniform in +-1/sqrt(H) as nn.LSTM."""
+        H, G = self.hidden_size, self.GATES
+        self.weight_ih = nn.Parameter(torch.empty(G * H, self.input_size))
         self.weight_hh = nn.Parameter(torch.empty(G * H, H))
         self.bias_ih = nn.Parameter(torch.empty(G * H))
         self.bias_hh = nn.Parameter(torch.empty(G * H))
         bound = 1.0 / math.sqrt(H)
         for p in (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh):
             nn.init.uniform_(p, -bound, bound)
-        self.memory: Optional[SparseAttentiveMemory] = None
-        if k_top != 0:
-            # Dense: k_top larger than any memory ever holds (the op keeps min(k_top, n) slots).
-            self.memory = SparseAttentiveMemory(H, attn_dim or H, k_top if k_top is not None else 2**31 - 1, backend, eps)
 
     @property
     def output_size(self) -> int:
@@ -157,12 +162,17 @@ class SABLayer(nn.Module):
         """The bias added to the input half of the gates (computed for all steps at once)."""
         raise NotImplementedError
 
+    def _step_inputs(self, x: Tensor) -> Tuple[Tensor, ...]:
+        """What `_cell_step` takes at each step: the input half of every gate, for all steps at once (one
+        (T B, I) x (I, G H) matmul instead of T small ones)."""
+        T, B, _ = x.shape
+        gates_x = input_projection(x.reshape(T * B, -1), self.weight_ih, self._input_bias()).view(T, B, -1)
+        return gates_x.unbind(0)  # one backward node; indexing gates_x[t] would zero-fill (T, B, G H) per step
+
     def _forward_steps(self, x, h, c, memory, slots, step0, index, trace):
         T, B, _ = x.shape
         H = self.hidden_size
-        # The input half of every gate at once: one (T*B, I) x (I, G H) matmul instead of T small ones.
-        gates_x = input_projection(x.reshape(T * B, -1), self.weight_ih, self._input_bias()).view(T, B, -1)
-        gates_x = gates_x.unbind(0)  # one backward node; indexing gates_x[t] would zero-fill (T, B, G H) per step
+        gates_x = self._step_inputs(x)
         mem = self.memory
         writes = sab_lstm_fused.slots_written(T, step0, self.k_att)
         state = mem.start(memory, memory.shape[1] + writes, buffers=slots, index=index) if mem is not None else None
@@ -240,3 +250,42 @@ class SABGRULayer(SABLayer):
         r, z = (xr + hr).sigmoid(), (xz + hz).sigmoid()
         n = torch.addcmul(xn, r, hn).tanh()
         return torch.addcmul(n, z, h - n), None
+
+
+class SABCellLayer(SABLayer):
+    """SAB around a cell of your own, on the per-step path: `cell` is called as torch's RNN cells are,
+    cell(x_t, h) -> h_hat (nn.RNNCell, nn.GRUCell, anything with that contract) or, when `cell` is an
+    nn.LSTMCell, cell(x_t, (h, c)) -> (h_hat, c). It needs `input_size` and `hidden_size` attributes. The rest
+    of the step (attention, h = h_hat + s, slot writes, truncation, bounded memory) is SABLayer's."""
+
+    CELL = "custom"
+
+    def __init__(self, cell: nn.Module, k_top: Optional[int] = 5, k_att: int = 1, k_trunc: Optional[int] = 5,
+                 attn_dim: Optional[int] = None, backend: str = "auto", path: str = "auto", eps: float = EPS,
+                 recent_slots: Optional[int] = None, relevant_slots: Optional[int] = None):
+        if not isinstance(cell, nn.Module):
+            raise TypeError(f"cell must be an nn.Module (an RNN cell), got {type(cell).__name__}")
+        for name in ("input_size", "hidden_size"):
+            if not isinstance(getattr(cell, name, None), int):
+                raise TypeError(f"cell must have an int attribute {name} (as torch's RNN cells do), "
+                                f"{type(cell).__name__} has {getattr(cell, name, None)!r}")
+        if path == "fused":
+            raise ValueError("path='fused' runs the LSTM and GRU cells only; a cell of your own runs on path='step'")
+        self.HAS_C = isinstance(cell, nn.LSTMCell)
+        object.__setattr__(self, "_pending_cell", cell)  # a submodule once nn.Module is set up (below)
+        super().__init__(cell.input_size, cell.hidden_size, k_top, k_att, k_trunc, attn_dim, backend, path, eps,
+                         recent_slots, relevant_slots)
+
+    def _make_cell_parameters(self) -> None:
+        self.cell = self.__dict__.pop("_pending_cell")
+
+    def unsupported_reason(self, x: Tensor, trace=None) -> Optional[str]:
+        return f"a cell of your own ({type(self.cell).__name__}) runs on the per-step path"
+
+    def _step_inputs(self, x: Tensor) -> Tuple[Tensor, ...]:
+        return x.unbind(0)
+
+    def _cell_step(self, x_t, h, c):
+        if self.HAS_C:
+            return self.cell(x_t, (h, c))
+        return self.cell(x_t, h), None

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from ..reference import EPS
-from .sab_layer import SABGRULayer, SABLayer, SABLSTMLayer, check_count
+from .sab_layer import SABCellLayer, SABGRULayer, SABLayer, SABLSTMLayer, check_count
 from .state import Resolved, SABState, check_continuable, recorded_state, remember, resolve_hx
 
 # The attributes of a one-layer module that are its layer's (the module's interface before num_layers).
@@ -117,7 +117,14 @@ class SABRNN(nn.Module):
         return out, self._returned_state(state)
 
     def _returned_state(self, state: SABState):
-        return state
+        if self.layers[0].HAS_C:
+            return state
+        # A cell without c (GRU): h_n alone, as nn.GRU returns it, carrying the state without h itself
+        # (h -> state -> h would be a reference cycle): a continuing call takes h from its hx, the rest from here.
+        h = state[0]
+        h.sab_state = SABState(h.detach(), None, state.memory, state.step, slots=state._slots, index=state.index,
+                               layers=state.layers, lengths=state.lengths)
+        return h
 
     def _split_hx(self, x: Tensor, hx) -> list:
         """Each layer's hx from the module's: None, an SABState (a layer's own with one layer, the stack's with
@@ -127,7 +134,7 @@ class SABRNN(nn.Module):
         if hx is None or L == 1:
             return [hx] * L
         check_continuable(hx)
-        has_c = self.LAYER.HAS_C
+        has_c = self.layers[0].HAS_C
         if has_c and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
             raise TypeError(f"hx must be (h0, c0), each (num_layers, B, H), or an SABState, got {type(hx).__name__}")
         h, c = (hx[0], hx[1]) if has_c else ((hx[0], None) if isinstance(hx, SABState) else (hx, None))
@@ -285,13 +292,27 @@ class SABGRU(SABRNN):
 
     LAYER = SABGRULayer
 
-    def _returned_state(self, state: SABState):
-        h = state[0]
-        # The state without h itself (h -> state -> h would be a reference cycle): a continuing call takes h
-        # from its hx and the rest from here.
-        h.sab_state = SABState(h.detach(), None, state.memory, state.step, slots=state._slots, index=state.index,
-                               layers=state.layers, lengths=state.lengths)
-        return h
+    def extra_repr(self) -> str:
+        return _extra_repr(self)
+
+
+class SparseAttentiveRNN(SABRNN):
+    """SAB around an RNN cell of your own (one layer, the per-step path): `cell` is called as torch's cells are,
+    cell(x_t, h) -> h_hat (nn.RNNCell, nn.GRUCell, ...) or, for an nn.LSTMCell, cell(x_t, (h, c)) -> (h_hat, c);
+    then s_t = attention of h_hat over the memory, h_t = h_hat + s_t, output concat(h_t, s_t). The other
+    arguments, forward and the returned state are SABLSTM's (cells without c return h_n as SABGRU does).
+    `SparseAttentiveRNN(nn.GRUCell(I, H))` computes what SABGRU(I, H) does with the same weights."""
+
+    def __init__(self, cell: nn.Module, k_top: Optional[int] = 5, k_att: int = 1, k_trunc: Optional[int] = 5,
+                 attn_dim: Optional[int] = None, batch_first: bool = False, backend: str = "auto", eps: float = EPS,
+                 *, recent_slots: Optional[int] = None, relevant_slots: Optional[int] = None):
+        nn.Module.__init__(self)
+        layer = SABCellLayer(cell, k_top, k_att, k_trunc, attn_dim, backend, "step", eps, recent_slots, relevant_slots)
+        self.input_size, self.hidden_size, self.num_layers, self.dropout = cell.input_size, cell.hidden_size, 1, 0.0
+        self.k_top, self.k_att, self.k_trunc = k_top, k_att, (k_trunc or None)
+        self.batch_first, self.backend = batch_first, backend
+        self.recent_slots, self.relevant_slots = recent_slots, relevant_slots
+        self.layers = nn.ModuleList([layer])
 
     def extra_repr(self) -> str:
         return _extra_repr(self)
