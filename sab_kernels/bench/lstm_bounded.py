@@ -27,7 +27,8 @@ from typing import Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
-from . import timing
+from . import lstm_table, timing
+from .lstm_state import _status_kib
 
 B, H, CLASSES, K_TOP, K_ATT, K_TRUNC, W, M = 16, 128, 10, 5, 2, 5, 32, 32
 LENGTHS = (1000, 4096, 16384)
@@ -52,21 +53,8 @@ def build(name: str) -> nn.Module:
 
 
 def step_fn(model: nn.Module, T: int, mode: str):
-    g = torch.Generator().manual_seed(T)
-    x = torch.randn(B, T, H, generator=g)
-    y = torch.randint(0, CLASSES, (B, T), generator=g)
-    if mode == "infer":
-        def infer():
-            with torch.no_grad():
-                model(x)
-        return infer
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-
-    def train():
-        opt.zero_grad(set_to_none=True)
-        nn.functional.cross_entropy(model(x).reshape(-1, CLASSES), y.reshape(-1)).backward()
-        opt.step()
-    return train
+    """One training step or one inference of `model` at (T, B, H), as lstm_table times them."""
+    return lstm_table.step_fn(model, T, B, H, mode)
 
 
 def _peak_worker(spec: dict) -> int:
@@ -79,11 +67,6 @@ def _peak_worker(spec: dict) -> int:
     before = _status_kib("VmHWM")
     fn()
     return (_status_kib("VmHWM") - before) * 1024
-
-
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
 
 
 def peak_bytes(model: str, T: int, threads: int) -> int:
