@@ -181,3 +181,19 @@ def test_lstm_state_rows_streaming_and_chunked(one_thread, tmp_path):
     text = lstm_state.write(rows, str(tmp_path), "# header")
     assert "one step per call" in text and "chunked" in text and "SAB fused streaming" in text
     assert (tmp_path / "lstm_state.csv").read_text().count("\n") == 5
+
+
+def test_lstm_bounded_rows_table_and_verdicts(one_thread):
+    """The bounded-memory rows of `make bench-lstm` at toy lengths: every model has its train, infer and peak
+    cells (the unbounded SAB only up to unbounded_max_T), and the verdicts name the targets (the ratios are
+    measured, never asserted)."""
+    from sab_kernels.bench import lstm_bounded, timing
+
+    rows = lstm_bounded.run((8, 16), timing.QUICK, threads=1, unbounded_max_T=8)
+    assert [(r["T"], r["model"]) for r in rows] == [(8, "nn.LSTM"), (8, "SAB"), (8, lstm_bounded.BOUNDED),
+                                                     (16, "nn.LSTM"), (16, lstm_bounded.BOUNDED)]
+    assert all(r["train_ms"] > 0 and r["infer_ms"] > 0 and r["peak_MiB"] >= 0 for r in rows)
+    text = lstm_bounded.table(rows)
+    assert text.count("\n") == 1 + len(rows) and "x)" in text
+    verdicts = lstm_bounded.verdicts(rows, (8, 16))
+    assert len(verdicts) == 4 and all(("met" in v) for v in verdicts)
