@@ -147,6 +147,31 @@ def test_gpu_plan_without_a_gpu(monkeypatch):
     block_t, block_d, chunk, chunks = plan(1, 10**6, 4, 255)
     assert block_d == 4 and chunk % block_t == 0 and chunks * 256 <= triton_backend._MAX_CANDIDATES
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+def test_backward_sees_the_forward_scores_bitwise(dtype, monkeypatch):
+    """k_top = 70 (K_PAD = 128), D = 200, on the GPU plan (run here in the interpreter): the forward sums scores in
+    D blocks of 128, the backward's gradient pass works in blocks of 64 (its K_PAD x BLOCK_D cap). Its recomputed
+    scores must still be the forward's bit for bit, or tau moves by ulps and so do the weights (and a score within
+    an ulp of tau would flip relu's mask). With grad_summary = 1, grad_values of selected row j is a_j * 1: the
+    backward's weights, compared with the forward's for equality."""
+    monkeypatch.setattr(triton_backend, "_interpreted", lambda t: False)
+    monkeypatch.setattr(triton_backend, "_num_sms", lambda index: 132)
+    B, T, D, H, k_top = 3, 150, 200, 2, 70
+    case = Case(B, T, D, H, k_top, lengths="ragged")
+    q, k, v, w, _ = make_inputs(case, dtype, DEVICES[0], seed=1)
+    lengths = torch.tensor([150, 100, 40], device=k.device)  # two sparse rows, one softmax row
+    assert triton_backend.forward_plan(B, T, D, k_top, False, k.device)[1] == 128  # the forward's D block
+    summary, weights, indices, threshold = triton_backend.forward(q, k, v, w, k_top, lengths)
+    ref = reference_forward(q, k, v, w, k_top, lengths)
+    assert torch.equal(indices, ref[2]) and torch.equal(threshold, ref[3])
+    gs, gw = torch.ones_like(summary), torch.zeros_like(weights)
+    _, _, grad_values, _ = triton_backend.backward(gs, gw, q, k, v, w, k_top, lengths, weights, indices, threshold)
+    for b in range(B):
+        used = indices[b] >= 0
+        seen = grad_values[b, indices[b, used]]  # (used, H), each row a_j
+        assert torch.equal(seen, weights[b, used][:, None].expand_as(seen)), f"row {b}"
+
+
 # --- NaN ------------------------------------------------------------------------------------------------
 
 
@@ -356,7 +381,7 @@ try:
 except ImportError as exc:
     print("no AOT API:", exc); sys.exit(77)
 from sab_kernels.kernels import triton_kernels as K
-from sab_kernels.kernels.triton_backend import backward_warps
+from sab_kernels.kernels.triton_backend import backward_blocks, backward_warps, score_block_d
 
 ACC = {"bf16": tl.float32, "fp16": tl.float32, "fp32": tl.float32, "fp64": tl.float64}
 
@@ -381,11 +406,13 @@ def build(fn, ptrs, ints, consts, ones=(), warps=4):
 
 
 for dt, k_top, D, H, fused, ones in [("bf16", 8, 128, 128, False, ()), ("fp32", 32, 13, 7, True, ()),
-                                     ("fp64", 4, 300, 5, True, ()), ("fp16", 1, 1, 1, True, ("T", "K_OUT", "NUM_CHUNKS"))]:
+                                     ("fp64", 4, 300, 5, True, ()), ("fp16", 1, 1, 1, True, ("T", "K_OUT", "NUM_CHUNKS")),
+                                     ("fp32", 70, 200, 64, False, ())]:  # K_PAD 128: the backward's two D blocks
     fp64 = dt == "fp64"
     k_pad = triton.next_power_of_2(k_top + 1)
     kd = "*i64" if fp64 else "*i32"
-    bd = min(triton.next_power_of_2(D), 128)
+    bd = score_block_d(D, False)
+    bwd_d, bwd_h = backward_blocks(D, H, k_pad, False)
     build(K._fwd_chunk_kernel,
           [("q_ptr", "*" + dt), ("k_ptr", "*" + dt), ("w_ptr", "*" + dt), ("len_ptr", "*i64"), ("v_ptr", "*" + dt),
            ("cand_key_ptr", kd), ("cand_idx_ptr", "*i32"), ("summary_ptr", "*" + dt), ("weights_ptr", "*" + dt),
@@ -405,9 +432,9 @@ for dt, k_top, D, H, fused, ones in [("bf16", 8, 128, 128, False, ()), ("fp32", 
           + [("indices_ptr", "*i64"), ("threshold_ptr", "*i64")]
           + [(n, "*" + dt) for n in ("gq_ptr", "gk_ptr", "gv_ptr")] + [("gwp_ptr", "*fp64" if fp64 else "*fp32")],
           ["T", "K_OUT"],
-          dict(D=D, H=H, ACC=ACC[dt], K_PAD=k_pad, BLOCK_D=bd, BLOCK_H=min(triton.next_power_of_2(H), 128), EPS=1e-7),
+          dict(D=D, H=H, ACC=ACC[dt], K_PAD=k_pad, BLOCK_D=bwd_d, BLOCK_H=bwd_h, SCORE_BLOCK_D=bd, EPS=1e-7),
           tuple(o for o in ones if o != "NUM_CHUNKS"),
-          warps=backward_warps(k_pad, bd, min(triton.next_power_of_2(H), 128)))
+          warps=backward_warps(k_pad, bwd_d, bwd_h))
 print("compiled")
 '''
 

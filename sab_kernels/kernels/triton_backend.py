@@ -51,6 +51,12 @@ def _pow2(n: int) -> int:
     return triton.next_power_of_2(max(int(n), 1))
 
 
+def score_block_d(D: int, interpreted: bool) -> int:
+    """D block of the score sums, in the forward and in the backward's recomputation alike: a float sum's bits
+    depend on how it is split, and the backward must see the forward's scores (tau, relu's mask)."""
+    return min(_pow2(D), 256 if interpreted else 128)
+
+
 def forward_plan(B: int, T: int, D: int, k_top: int, interpreted: bool, device=None, block_t=None, chunk=None):
     """(BLOCK_T, BLOCK_D, CHUNK, NUM_CHUNKS) for the forward. CHUNK is a multiple of BLOCK_T.
 
@@ -61,11 +67,10 @@ def forward_plan(B: int, T: int, D: int, k_top: int, interpreted: bool, device=N
     """
     k1 = k_top + 1
     k_pad = _pow2(k1)
+    block_d = score_block_d(D, interpreted)
     if interpreted:
-        block_d = min(_pow2(D), 256)
         default_t = max(16, min(4096, 65536 // block_d))
     else:
-        block_d = min(_pow2(D), 128)
         default_t = max(16, min(128, _GPU_TILE_ELEMENTS // block_d))
     if block_t is None:
         block_t = min(default_t, max(16, _pow2(T)))
@@ -159,9 +164,7 @@ def backward(grad_summary, grad_weights, query, keys, values, score_weight, k_to
     grad_summary, grad_weights, query, keys, values, score_weight, indices, threshold = (t.contiguous() for t in tensors)
     interpreted = _interpreted(keys)
     k_pad = _pow2(k_top + 1)
-    cap = 65536 if interpreted else 8192
-    block_d = max(1, min(_pow2(D), 256 if interpreted else 128, _pow2(cap // k_pad)))
-    block_h = max(1, min(_pow2(H), 256 if interpreted else 128, _pow2(cap // k_pad)))
+    block_d, block_h = backward_blocks(D, H, k_pad, interpreted)
     acc_dtype = torch.float64 if dtype == torch.float64 else torch.float32
 
     grad_query = torch.empty((B, D), dtype=dtype, device=dev)
@@ -174,9 +177,19 @@ def backward(grad_summary, grad_weights, query, keys, values, score_weight, k_to
             grad_summary, grad_weights, query, keys, values, score_weight, indices, threshold,
             grad_query, grad_keys, grad_values, grad_w_rows,
             T, k,
-            D=D, H=H, ACC=_acc(dtype), K_PAD=k_pad, BLOCK_D=block_d, BLOCK_H=block_h, EPS=eps, **warps,
+            D=D, H=H, ACC=_acc(dtype), K_PAD=k_pad, BLOCK_D=block_d, BLOCK_H=block_h,
+            SCORE_BLOCK_D=score_block_d(D, interpreted), EPS=eps, **warps,
         )
     return grad_query, grad_keys, grad_values, grad_w_rows.sum(0).to(dtype)
+
+
+def backward_blocks(D: int, H: int, k_pad: int, interpreted: bool):
+    """(BLOCK_D, BLOCK_H) of the backward's gradient passes: (K_PAD, block) tiles of at most 8K elements on a GPU.
+    Its score pass uses `score_block_d` instead (the forward's sums)."""
+    cap = 65536 if interpreted else 8192
+    block_d = max(1, min(_pow2(D), 256 if interpreted else 128, _pow2(cap // k_pad)))
+    block_h = max(1, min(_pow2(H), 256 if interpreted else 128, _pow2(cap // k_pad)))
+    return block_d, block_h
 
 
 def backward_warps(k_pad: int, block_d: int, block_h: int) -> int:

@@ -22,8 +22,10 @@ in the interpreter and on GPU (the interpreter has no fast tl.topk; TOOLCHAIN.md
 Streaming. The next tile's keys are loaded before the current tile is scored (two tiles in flight per
 program; Triton does not software-pipeline this loop). D wider than BLOCK_D loops over D blocks.
 
-Backward (`_bwd_kernel`, grid B): recomputes the k selected + threshold rows' scores only, the weights and
-the Jacobian exactly as `reference_backward`, writes grad rows of keys/values at those slots, grad_query,
+Backward (`_bwd_kernel`, grid B): recomputes the k selected + threshold rows' scores only, summed in the
+forward's D blocks and order (`_row_scores`, SCORE_BLOCK_D = the forward's BLOCK_D: the same bits, so the same
+tau and weights; its gradient passes use their own, smaller BLOCK_D), the weights and the Jacobian exactly as
+`reference_backward`, writes grad rows of keys/values at those slots, grad_query,
 and per-row partials of grad_score_weight (summed on the host: deterministic, no atomics).
 
 Accumulation in float32 (float16/bfloat16/float32 inputs) or float64 (float64 inputs). tanh is libdevice's when
@@ -130,6 +132,24 @@ def _sorted_top(key, idx, K1: tl.constexpr, K_PAD: tl.constexpr, FP64: tl.conste
 def _tile_scores(k_tile, q, w, ACC: tl.constexpr):
     """(BLOCK_T,) partial scores sum_d w_d tanh(q_d + k_td) of one (BLOCK_T, BLOCK_D) key tile."""
     return tl.sum(_tanh(q[None, :] + k_tile.to(ACC)) * w[None, :], 1)
+
+
+@triton.jit
+def _row_scores(k_rows, live, q_row, w_ptr, D: tl.constexpr, ACC: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Scores of the key rows at `k_rows` (one pointer per row; rows not `live` read as zeros), summed over D
+    exactly as `_scan_chunk` sums a tile's: `_tile_scores` of the first BLOCK_D block, then += the others."""
+    offs_d = tl.arange(0, BLOCK_D)
+    dmask = offs_d < D
+    q = tl.load(q_row + offs_d, mask=dmask, other=0.0).to(ACC)
+    w = tl.load(w_ptr + offs_d, mask=dmask, other=0.0).to(ACC)
+    s = _tile_scores(tl.load(k_rows[:, None] + offs_d[None, :], mask=live[:, None] & dmask[None, :], other=0.0), q, w, ACC)
+    for d0 in tl.static_range(BLOCK_D, D, BLOCK_D):  # only when D > BLOCK_D
+        dmask = (d0 + offs_d) < D
+        q = tl.load(q_row + d0 + offs_d, mask=dmask, other=0.0).to(ACC)
+        w = tl.load(w_ptr + d0 + offs_d, mask=dmask, other=0.0).to(ACC)
+        kr = tl.load(k_rows[:, None] + (d0 + offs_d)[None, :], mask=live[:, None] & dmask[None, :], other=0.0)
+        s += _tile_scores(kr, q, w, ACC)
+    return s
 
 
 @triton.jit
@@ -302,7 +322,7 @@ def _bwd_kernel(gs_ptr, gw_ptr, q_ptr, k_ptr, v_ptr, w_ptr, indices_ptr, thresho
                 gq_ptr, gk_ptr, gv_ptr, gwp_ptr,
                 T, K_OUT,
                 D: tl.constexpr, H: tl.constexpr, ACC: tl.constexpr, K_PAD: tl.constexpr,
-                BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr, EPS: tl.constexpr):
+                BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr, SCORE_BLOCK_D: tl.constexpr, EPS: tl.constexpr):
     """One program per row: `reference_backward` on the k = K_OUT selected rows and the threshold row.
 
     Entry j < K_OUT is selected slot j, entry K_OUT the threshold slot. Only live entries (a selected slot, or
@@ -329,14 +349,10 @@ def _bwd_kernel(gs_ptr, gw_ptr, q_ptr, k_ptr, v_ptr, w_ptr, indices_ptr, thresho
     offs_d = tl.arange(0, BLOCK_D)
     offs_h = tl.arange(0, BLOCK_H)
 
-    # Scores of the k + 1 rows (dead entries see a zero key row: finite, and masked below).
-    s = tl.zeros([K_PAD], ACC)
-    for d0 in tl.static_range(0, D, BLOCK_D):
-        dmask = (d0 + offs_d) < D
-        q = tl.load(q_ptr + b64 * D + d0 + offs_d, mask=dmask, other=0.0).to(ACC)
-        w = tl.load(w_ptr + d0 + offs_d, mask=dmask, other=0.0).to(ACC)
-        kr = tl.load(k_rows[:, None] + (d0 + offs_d)[None, :], mask=live[:, None] & dmask[None, :], other=0.0).to(ACC)
-        s += tl.sum(_tanh(q[None, :] + kr) * w[None, :], 1)
+    # Scores of the k + 1 rows (dead entries see a zero key row: finite, and masked below), in the forward's D
+    # blocks (SCORE_BLOCK_D) and order, so s, tau and the weights are the forward's bit for bit (a score near
+    # tau moved by an ulp would flip relu's mask and change a gradient outright).
+    s = _row_scores(k_rows, live, q_ptr + b64 * D, w_ptr, D, ACC, SCORE_BLOCK_D)
     tau = tl.sum(tl.where(pos == K_OUT, s, 0.0), 0)
 
     # The weights, recomputed as in the forward.
