@@ -93,10 +93,13 @@ def forward_plan(B: int, T: int, D: int, k_top: int, interpreted: bool, device=N
     return block_t, block_d, chunk, triton.cdiv(T, chunk)
 
 
-def forward(query, keys, values, score_weight, k_top: int, lengths, eps: float = EPS, *, block_t=None, chunk=None):
+def forward(query, keys, values, score_weight, k_top: int, lengths, eps: float = EPS, *, block_t=None, chunk=None,
+            sort_merge=None):
     """Contract of `sab_kernels.kernels`: (summary (B, H), weights (B, k), indices (B, k), threshold (B,)).
 
     `block_t` / `chunk` (slots per tile / per program) override the plan; for tests of the chunked path.
+    `sort_merge` (default: on a GPU) merges a tile's candidates into float32's running top-(k+1) at a fixed cost
+    (`_scan_chunk`); the interpreter runs it only when asked (tests), since its sorts are slow there.
     """
     B, T, D = keys.shape
     H = values.shape[2]
@@ -134,7 +137,8 @@ def forward(query, keys, values, score_weight, k_top: int, lengths, eps: float =
             summary, weights, indices, threshold,
             T, k, chunk, num_chunks,
             D=D, H=H, ACC=acc, FP64=fp64, K_TOP=k_top, K_PAD=k_pad, BLOCK_T=block_t, BLOCK_D=block_d,
-            BLOCK_H=block_h, FUSED=fused, EPS=eps, **warps,
+            BLOCK_H=block_h, FUSED=fused, SORT_MERGE=(not interpreted if sort_merge is None else sort_merge) and not fp64,
+            EPS=eps, **warps,
         )
         if not fused:
             _fwd_merge_kernel[(B,)](

@@ -13,11 +13,12 @@ every NaN maps to one key above +inf (torch.sort puts NaN first) and -0.0 to the
 (i >= lengths[b], tile padding) get a sentinel below every key and are never kept. 32-bit keys are packed
 with the slot into one int64 (key high, 2^31-1-slot low), so one max-reduction finds the best score and,
 among ties, the lower slot; 64-bit keys carry the slot beside them (max key, then min slot: two reductions).
-The running top-K1 of a chunk is an unordered register set whose weakest entry is the threshold: a tile
-costs one max-reduction unless its best beats the threshold, and then the best replaces the weakest entry,
-repeatedly (about K1 * ln(chunk / K1) replacements per chunk on typical data, at most K1 per tile). The
-final order comes from K1 rounds of extraction. No sort, no atomics: plain reductions that behave the same
-in the interpreter and on GPU (the interpreter has no fast tl.topk; TOOLCHAIN.md).
+The running top-K1 of a chunk is a register set whose K1-th best entry is the threshold: a tile costs one
+max-reduction unless its best beats the threshold. Then, compiled and float32, the tile is merged in at a
+fixed cost (tl.topk and a bitonic merge, the set kept sorted: SORT_MERGE); in the interpreter (slow sorts,
+TOOLCHAIN.md) and for float64, the best replaces the weakest entry, repeatedly (about K1 * ln(chunk / K1)
+replacements per chunk on typical data, at most K1 per tile). The final order comes from K1 rounds of
+extraction. No atomics.
 
 Streaming. The next tile's keys are loaded before the current tile is scored (two tiles in flight per
 program; Triton does not software-pipeline this loop). D wider than BLOCK_D loops over D blocks.
@@ -162,12 +163,39 @@ def _load_tile(k_row, t0, end, d0, D: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK
 
 
 @triton.jit
-def _scan_chunk(q_row, k_row, w_ptr, start, end, D: tl.constexpr, ACC: tl.constexpr, FP64: tl.constexpr,
-                K1: tl.constexpr, K_PAD: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
-    """Scores of slots [start, end) of one row, tile by tile; returns the best K1 as an unordered set
-    (run_key, run_idx) of K_PAD entries, KEY_MIN where empty. k_row points at slot 0 of the row.
+def _merge_tile(run, p, K_PAD: tl.constexpr, BLOCK_T: tl.constexpr):
+    """The best K_PAD of a sorted (descending) running set `run` (K_PAD,) and a tile's packed keys `p`
+    (BLOCK_T,), sorted descending: a fixed number of compare-exchange stages, whatever the data.
 
-    The set's weakest entry is the threshold `thr`; while the tile's best beats it, the best replaces it.
+    The tile's best K_PAD (tl.topk; a tile shorter than K_PAD is first padded with P_MIN) flipped to ascending
+    order, against `run` descending: the elementwise max holds the K_PAD best of both (the first half-cleaner
+    of a bitonic merge) as a bitonic sequence, which one bitonic merge (log2 K_PAD stages) sorts.
+    """
+    P_MIN: tl.constexpr = -9223372036854775807 - 1
+    if BLOCK_T < K_PAD:
+        R: tl.constexpr = K_PAD // BLOCK_T
+        p = tl.reshape(tl.where(tl.arange(0, R)[:, None] == 0, p[None, :], P_MIN), [K_PAD])
+    top = tl.flip(tl.topk(p, K_PAD), 0)
+    return tl.bitonic_merge(tl.maximum(run, top), descending=True)
+
+
+@triton.jit
+def _scan_chunk(q_row, k_row, w_ptr, start, end, D: tl.constexpr, ACC: tl.constexpr, FP64: tl.constexpr,
+                K1: tl.constexpr, K_PAD: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+                SORT_MERGE: tl.constexpr):
+    """Scores of slots [start, end) of one row, tile by tile; returns the best K1 in (run_key, run_idx) of
+    K_PAD entries, KEY_MIN at positions >= K1 and where empty (unordered, or ordered with SORT_MERGE).
+    k_row points at slot 0 of the row.
+
+    The K1-th best key is the threshold `thr`: a tile whose best does not beat it costs one max-reduction.
+    Otherwise, by default, the tile's best replaces the set's weakest entry, repeatedly: 2-3 block reductions
+    per entering slot, which is data dependent (about K1 per tile when scores rise with the slot, ~32x the
+    typical cost). SORT_MERGE (float32 keys only; the GPU default): one fixed-cost `_merge_tile` per such tile
+    (tl.topk of the tile, a bitonic merge with the set kept sorted): on typical data few tiles merge and both
+    cost about the same; on rising scores the merge bounds the cost per tile (expected several times faster
+    there, unmeasured: no GPU so far). The interpreter keeps the loop, where tl.topk / tl.sort run slowly on
+    numpy (TOOLCHAIN.md). 64-bit keys always take the loop: a 64-bit key and its slot do not fit one sortable
+    integer, and tl.sort carries no payload.
     32-bit keys are packed with their slot (one reduction per step); 64-bit keys carry the slot apart.
     The next tile's first D block is loaded before the current tile is scored (two tiles in flight).
     """
@@ -180,11 +208,14 @@ def _scan_chunk(q_row, k_row, w_ptr, start, end, D: tl.constexpr, ACC: tl.conste
     if FP64:
         run_key = tl.where(pos < K1, KEY_MIN, KEY_MAX)
         run_idx = -1 - pos
+    elif SORT_MERGE:  # sorted descending; the K1-th entry is thr
+        run_key = tl.full([K_PAD], P_MIN, tl.int64)
+        run_idx = pos  # unused
     else:
         pos64 = pos.to(tl.int64)
         run_key = tl.where(pos < K1, P_MIN + pos64, 9223372036854775807 - pos64)
         run_idx = pos  # unused
-    thr = tl.min(run_key, 0)
+    thr = tl.min(run_key, 0)  # P_MIN + 0 / KEY_MIN / P_MIN: below every valid slot
     q0 = tl.load(q_row + offs_d, mask=offs_d < D, other=0.0).to(ACC)
     w0 = tl.load(w_ptr + offs_d, mask=offs_d < D, other=0.0).to(ACC)
     nxt = _load_tile(k_row, start, end, 0, D, BLOCK_T, BLOCK_D)
@@ -213,6 +244,11 @@ def _scan_chunk(q_row, k_row, w_ptr, start, end, D: tl.constexpr, ACC: tl.conste
                 key = tl.where(slot == i, KEY_MIN, key)
                 thr = tl.min(run_key, 0)
                 mk = tl.max(key, 0)
+        elif SORT_MERGE:
+            p = tl.where(tmask, _pack(_score_key(s, FP64), slot), P_MIN)
+            if tl.max(p, 0) > thr:
+                run_key = _merge_tile(run_key, p, K_PAD, BLOCK_T)
+                thr = tl.min(tl.where(pos < K1, run_key, 9223372036854775807), 0)
         else:
             p = tl.where(tmask, _pack(_score_key(s, FP64), slot), P_MIN)
             mp = tl.max(p, 0)
@@ -274,7 +310,7 @@ def _fwd_chunk_kernel(q_ptr, k_ptr, w_ptr, len_ptr, v_ptr, cand_key_ptr, cand_id
                       T, K_OUT, CHUNK, NUM_CHUNKS,
                       D: tl.constexpr, H: tl.constexpr, ACC: tl.constexpr, FP64: tl.constexpr,
                       K_TOP: tl.constexpr, K_PAD: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
-                      BLOCK_H: tl.constexpr, FUSED: tl.constexpr, EPS: tl.constexpr):
+                      BLOCK_H: tl.constexpr, FUSED: tl.constexpr, SORT_MERGE: tl.constexpr, EPS: tl.constexpr):
     """Stage 1, one program per (row, chunk of CHUNK slots). FUSED (one chunk): also stage 2."""
     pid = tl.program_id(0)
     b = pid // NUM_CHUNKS
@@ -284,7 +320,7 @@ def _fwd_chunk_kernel(q_ptr, k_ptr, w_ptr, len_ptr, v_ptr, cand_key_ptr, cand_id
     start = c * CHUNK
     end = tl.minimum(start + CHUNK, n)
     run_key, run_idx = _scan_chunk(q_ptr + b64 * D, k_ptr + b64 * tl.cast(T, tl.int64) * D, w_ptr, start, end,
-                                   D, ACC, FP64, K_TOP + 1, K_PAD, BLOCK_T, BLOCK_D)
+                                   D, ACC, FP64, K_TOP + 1, K_PAD, BLOCK_T, BLOCK_D, SORT_MERGE)
     if FUSED:
         top_key, top_idx = _sorted_top(run_key, run_idx, K_TOP + 1, K_PAD, FP64)
         _finish_row(b, top_key, top_idx, n, T, K_OUT, v_ptr, summary_ptr, weights_ptr, indices_ptr, threshold_ptr,
