@@ -138,11 +138,19 @@ def test_plan():
 
 
 def test_gpu_plan_without_a_gpu(monkeypatch):
-    """The GPU plan on an H100-sized part (132 SMs): short rows fused, long rows split over ~4 programs/SM."""
+    """The GPU plan on an H100-sized part (132 SMs): short rows fused, long rows split into one wave of stage-1
+    programs, as many per SM as their compiled registers allow (STAGE1_REGISTERS)."""
     monkeypatch.setattr(triton_backend, "_num_sms", lambda index: 132)
+    monkeypatch.setattr(triton_backend, "stage1_registers", lambda: triton_backend.STAGE1_REGISTERS["3.7"])
     plan = functools.partial(triton_backend.forward_plan, interpreted=False, device=torch.device("cuda", 0))
-    assert plan(32, 4096, 128, 8) == (32, 128, 256, 16)  # the benchmark's shape: 512 programs of 8 tiles
-    assert plan(32, 65536, 128, 8)[3] == 17
+    # The benchmark's shape. float32 (158 registers at Triton 3.7): 3 programs per SM, 396 wanted, 13 per row.
+    assert triton_backend.programs_per_sm(torch.float32, 128, 16) == 3
+    assert plan(32, 4096, 128, 8) == (32, 128, 320, 13)
+    assert plan(32, 65536, 128, 8)[3] == 13
+    # bfloat16 (128 registers): 4 per SM; float64 (226): 2 per SM.
+    assert plan(32, 4096, 128, 8, dtype=torch.bfloat16) == (32, 128, 256, 16)
+    assert plan(32, 4096, 128, 8, dtype=torch.float64)[3] == 9
+    assert [triton_backend.programs_for_registers(r) for r in (64, 128, 129, 168, 169, 255)] == [8, 4, 3, 3, 2, 2]
     assert plan(32, 256, 128, 8)[3] == 1  # one fused launch for short rows
     assert plan(4096, 4096, 128, 8)[3] == 1  # enough rows to fill the GPU
     block_t, block_d, chunk, chunks = plan(1, 10**6, 4, 255)
@@ -491,9 +499,37 @@ print("compiled")
 '''
 
 
-def test_kernels_compile_for_hopper():
-    """Compile every kernel for sm_90 (through ptxas) with no GPU: catches what the interpreter accepts but
-    the compiler does not (types of loop-carried values, constexpr globals, ints specialised to 1)."""
+_REGISTERS_SCRIPT = r'''
+import os, sys
+os.environ.pop("TRITON_INTERPRET", None)
+try:
+    import triton
+    from triton.compiler import ASTSource
+    from triton.backends.compiler import GPUTarget
+except ImportError as exc:
+    print("no AOT API:", exc); sys.exit(77)
+from sab_kernels.bench.triton_registers import op_stage1_usage
+from sab_kernels.kernels import triton_backend as tb
+
+minor = ".".join(triton.__version__.split(".")[:2])
+if minor not in tb.STAGE1_REGISTERS:
+    print(f"STAGE1_REGISTERS has no Triton {minor}: python -m sab_kernels.bench.triton_registers --op"); sys.exit(1)
+bad = []
+for dt, block_d, k_pad in [("fp32", 128, 16), ("bf16", 128, 16), ("fp64", 64, 8), ("fp32", 32, 256), ("bf16", 16, 2)]:
+    u = op_stage1_usage(dt, block_d, k_pad)
+    table = tb.STAGE1_REGISTERS[minor][(dt, block_d)][k_pad.bit_length() - 2]
+    print(dt, block_d, k_pad, "compiled", u, "table", table)
+    if u["registers"] != table or u["local_bytes"] or u["stack_bytes"]:
+        bad.append((dt, block_d, k_pad))
+if bad:
+    print("differ:", bad); sys.exit(1)
+print("match")
+'''
+
+
+def _run_aot(script):
+    """Run an ahead-of-time compile script without the interpreter; skip where this Triton has no AOT API,
+    except under the version matrix (SAB_REQUIRE_AOT=1), where a skip would hide a failure."""
     import os
     import subprocess
     import sys
@@ -501,11 +537,24 @@ def test_kernels_compile_for_hopper():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run([sys.executable, "-c", _AOT_SCRIPT], capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
     if proc.returncode == 77:
-        # The Triton version matrix (make triton-matrix) sets SAB_REQUIRE_AOT=1: there a skip would hide a failure.
         if os.environ.get("SAB_REQUIRE_AOT") == "1":
             pytest.fail(f"SAB_REQUIRE_AOT=1 but this Triton cannot compile ahead of time: {proc.stdout.strip()}")
         pytest.skip(proc.stdout.strip())
+    return proc
+
+
+def test_stage1_register_table_matches_the_compiler():
+    """STAGE1_REGISTERS, which sizes the GPU plan's chunks, against this Triton's sm_90 compile of the stage-1
+    kernel (five entries; no spills)."""
+    proc = _run_aot(_REGISTERS_SCRIPT)
+    assert proc.returncode == 0 and "match" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def test_kernels_compile_for_hopper():
+    """Compile every kernel for sm_90 (through ptxas) with no GPU: catches what the interpreter accepts but
+    the compiler does not (types of loop-carried values, constexpr globals, ints specialised to 1)."""
+    proc = _run_aot(_AOT_SCRIPT)
     assert proc.returncode == 0 and "compiled" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
 

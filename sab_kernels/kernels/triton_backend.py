@@ -29,9 +29,82 @@ MAX_K_PAD = 256
 LAUNCH_OPTIONS = dict(enable_fp_fusion=True)
 # GPU tuning knobs (set from reasoning and sm_90 register counts, not yet measured on a GPU):
 _MIN_TILES_TO_SPLIT = 16  # rows shorter than this many tiles run as one fused launch
-_PROGRAMS_PER_SM = 4  # chunked rows: aim for this many stage-1 programs per SM
-_MIN_CHUNK_TILES = 4  # and at least this many tiles (and 4 * (k_top + 1) slots) per chunk
-_GPU_TILE_ELEMENTS = 4096  # BLOCK_T * BLOCK_D of a key tile (~80 registers/thread at D = 128, 4 warps)
+_FORWARD_WARPS = 4  # both forward kernels; STAGE1_REGISTERS was compiled with it
+_MIN_CHUNK_TILES = 4  # chunked rows: at least this many tiles (and 4 * (k_top + 1) slots) per chunk
+_GPU_TILE_ELEMENTS = 4096  # BLOCK_T * BLOCK_D of a key tile (two in flight: 64 registers/thread in float32)
+
+
+# Registers per thread of the chunked stage-1 kernel (_fwd_chunk_kernel, FUSED=False, SORT_MERGE for float32) at
+# the GPU plan's tile, compiled for sm_90 with no GPU, per Triton minor release: they differ by release (float32,
+# BLOCK_D 128, K_PAD 16: 158 with 3.7, 128 with 3.9). No configuration spills. A release's rows come from
+#   python -m sab_kernels.bench.triton_registers --op
+# (tests/test_triton.py checks entries against the running release's compiler). fp16 loads like bf16;
+# BLOCK_D < 16 reads the BLOCK_D = 16 row (narrower tiles hold fewer keys).
+STAGE1_REGISTERS = {
+    "3.7": {  # (dtype, BLOCK_D): registers at K_PAD = 2, 4, ..., 256
+        ("bf16", 16): (80, 95, 96, 96, 117, 119, 96, 116),
+        ("bf16", 32): (128, 127, 122, 128, 157, 128, 126, 128),
+        ("bf16", 64): (128, 128, 128, 159, 157, 153, 128, 123),
+        ("bf16", 128): (115, 128, 128, 128, 128, 126, 128, 128),
+        ("fp32", 16): (80, 92, 92, 123, 128, 126, 96, 117),
+        ("fp32", 32): (122, 124, 158, 168, 157, 167, 158, 128),
+        ("fp32", 64): (124, 168, 168, 165, 161, 164, 149, 154),
+        ("fp32", 128): (162, 168, 160, 158, 152, 147, 150, 156),
+        ("fp64", 16): (127, 127, 127, 127, 127, 120, 122, 124),
+        ("fp64", 32): (234, 234, 234, 234, 234, 214, 212, 218),
+        ("fp64", 64): (234, 234, 234, 234, 234, 216, 218, 220),
+        ("fp64", 128): (226, 226, 226, 226, 228, 222, 228, 230),
+    },
+    "3.8": {  # (dtype, BLOCK_D): registers at K_PAD = 2, 4, ..., 256
+        ("bf16", 16): (78, 91, 91, 95, 113, 115, 96, 118),
+        ("bf16", 32): (116, 120, 121, 124, 126, 122, 126, 141),
+        ("bf16", 64): (114, 118, 126, 123, 122, 124, 127, 145),
+        ("bf16", 128): (116, 120, 116, 116, 117, 124, 128, 128),
+        ("fp32", 16): (80, 92, 96, 96, 96, 94, 96, 120),
+        ("fp32", 32): (128, 128, 128, 127, 126, 151, 128, 164),
+        ("fp32", 64): (128, 126, 128, 126, 128, 128, 158, 166),
+        ("fp32", 128): (122, 128, 126, 128, 128, 154, 159, 162),
+        ("fp64", 16): (127, 127, 127, 127, 127, 127, 124, 127),
+        ("fp64", 32): (228, 228, 228, 228, 230, 230, 217, 230),
+        ("fp64", 64): (230, 230, 230, 230, 228, 232, 226, 234),
+        ("fp64", 128): (209, 214, 210, 210, 210, 209, 214, 220),
+    },
+    "3.9": {  # (dtype, BLOCK_D): registers at K_PAD = 2, 4, ..., 256; (fp32, 128) at 256 keeps 8 B of stack
+        ("bf16", 16): (72, 72, 80, 80, 92, 93, 94, 113),
+        ("bf16", 32): (96, 96, 96, 108, 110, 108, 128, 127),
+        ("bf16", 64): (95, 96, 109, 96, 109, 126, 126, 127),
+        ("bf16", 128): (96, 104, 105, 105, 107, 96, 104, 128),
+        ("fp32", 16): (80, 88, 92, 95, 96, 92, 96, 115),
+        ("fp32", 32): (128, 128, 135, 128, 147, 141, 150, 128),
+        ("fp32", 64): (128, 128, 125, 122, 122, 128, 128, 128),
+        ("fp32", 128): (128, 128, 122, 128, 128, 108, 128, 128),
+        ("fp64", 16): (127, 127, 127, 127, 127, 127, 124, 127),
+        ("fp64", 32): (226, 226, 226, 226, 230, 234, 217, 232),
+        ("fp64", 64): (230, 230, 230, 230, 228, 232, 226, 234),
+        ("fp64", 128): (211, 210, 210, 210, 214, 209, 214, 220),
+    },
+}
+
+
+def stage1_registers(version: str = triton.__version__) -> dict:
+    """STAGE1_REGISTERS of this Triton release: its minor's, else the newest older one's, else the oldest."""
+    def key(v):
+        return tuple(int(x) for x in v.split(".")[:2])
+
+    known = sorted(STAGE1_REGISTERS, key=key)
+    older = [v for v in known if key(v) <= key(version)]
+    return STAGE1_REGISTERS[older[-1] if older else known[0]]
+
+
+def programs_for_registers(registers: int) -> int:
+    """Stage-1 programs (of _FORWARD_WARPS warps) that fit one SM by registers: sm_90 has 64K 32-bit registers,
+    allocated per warp in units of 256 (per thread in multiples of 8), and runs at most 64 warps."""
+    return max(1, min(64 // _FORWARD_WARPS, 65536 // (-(-registers // 8) * 8 * 32 * _FORWARD_WARPS)))
+
+
+def programs_per_sm(dtype: torch.dtype, block_d: int, k_pad: int) -> int:
+    name = {torch.float64: "fp64", torch.float32: "fp32"}.get(dtype, "bf16")
+    return programs_for_registers(stage1_registers()[(name, max(16, min(block_d, 128)))][k_pad.bit_length() - 2])
 
 
 def _acc(dtype: torch.dtype):
@@ -57,12 +130,14 @@ def score_block_d(D: int, interpreted: bool) -> int:
     return min(_pow2(D), 256 if interpreted else 128)
 
 
-def forward_plan(B: int, T: int, D: int, k_top: int, interpreted: bool, device=None, block_t=None, chunk=None):
+def forward_plan(B: int, T: int, D: int, k_top: int, interpreted: bool, device=None, block_t=None, chunk=None,
+                 dtype: torch.dtype = torch.float32):
     """(BLOCK_T, BLOCK_D, CHUNK, NUM_CHUNKS) for the forward. CHUNK is a multiple of BLOCK_T.
 
-    GPU: tiles of about 4K elements (two in flight per program, ~80 registers at D = 128). Rows of 16
-    tiles or more are split into chunks so that about 4 programs per SM run (B rows alone cannot fill the GPU
-    at large T), each chunk at least 4 tiles and 4 (k_top + 1) slots to amortise filling its top-k set.
+    GPU: tiles of about 4K elements (two in flight per program). Rows of 16 tiles or more are split into
+    chunks so that one wave of stage-1 programs fills the GPU (`programs_per_sm`, from the compiled register
+    count: 2 to 4 per SM; B rows alone cannot fill the GPU at large T), each chunk at least 4 tiles and
+    4 (k_top + 1) slots to amortise filling its top-k set.
     Interpreter: tiles up to 64K elements and one chunk, unless `block_t` / `chunk` say otherwise (tests).
     """
     k1 = k_top + 1
@@ -80,7 +155,7 @@ def forward_plan(B: int, T: int, D: int, k_top: int, interpreted: bool, device=N
             chunks = 1  # small rows: one fused launch, latency matters more than parallelism
         else:
             index = device.index if device is not None and device.index is not None else torch.cuda.current_device()
-            target = _PROGRAMS_PER_SM * _num_sms(index)
+            target = programs_per_sm(dtype, block_d, k_pad) * _num_sms(index)
             min_tiles = max(_MIN_CHUNK_TILES, triton.cdiv(4 * k1, block_t))
             chunks = max(1, min(triton.cdiv(target, B), triton.cdiv(tiles, min_tiles)))
         chunk_tiles = triton.cdiv(tiles, chunks)
@@ -112,7 +187,7 @@ def forward(query, keys, values, score_weight, k_top: int, lengths, eps: float =
     interpreted = _interpreted(keys)
     fp64 = dtype == torch.float64
     k_pad = _pow2(k_top + 1)
-    block_t, block_d, chunk, num_chunks = forward_plan(B, T, D, k_top, interpreted, dev, block_t, chunk)
+    block_t, block_d, chunk, num_chunks = forward_plan(B, T, D, k_top, interpreted, dev, block_t, chunk, dtype)
     block_h = min(_pow2(H), 256 if interpreted else 128)
     # Keep the (K_PAD, BLOCK_H) gather tile bounded for large k_top.
     block_h = max(1, min(block_h, _pow2(16384 // k_pad) if interpreted else _pow2(8192 // k_pad)))
@@ -130,7 +205,7 @@ def forward(query, keys, values, score_weight, k_top: int, lengths, eps: float =
         cand_key = torch.empty((B * num_chunks * k_pad,), dtype=key_dtype, device=dev)
         cand_idx = torch.empty((B * num_chunks * k_pad,), dtype=torch.int32, device=dev)
     acc = _acc(dtype)
-    warps = dict(LAUNCH_OPTIONS, **({} if interpreted else {"num_warps": 4}))
+    warps = dict(LAUNCH_OPTIONS, **({} if interpreted else {"num_warps": _FORWARD_WARPS}))
     with _device_guard(dev):
         _fwd_chunk_kernel[(B * num_chunks,)](
             query, keys, score_weight, lengths, values, cand_key, cand_idx,
