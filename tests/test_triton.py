@@ -441,7 +441,7 @@ try:
 except ImportError as exc:
     print("no AOT API:", exc); sys.exit(77)
 from sab_kernels.kernels import triton_kernels as K
-from sab_kernels.kernels.triton_backend import backward_blocks, backward_warps, score_block_d
+from sab_kernels.kernels.triton_backend import backward_blocks, backward_warps, forward_plan, score_block_d
 
 ACC = {"bf16": tl.float32, "fp16": tl.float32, "fp32": tl.float32, "fp64": tl.float64}
 
@@ -472,14 +472,16 @@ for dt, k_top, D, H, fused, ones in [("bf16", 8, 128, 128, False, ()), ("fp32", 
     k_pad = triton.next_power_of_2(k_top + 1)
     kd = "*i64" if fp64 else "*i32"
     bd = score_block_d(D, False)
+    block_t = forward_plan(1, 1 << 20, D, k_top, False, chunk=1 << 20)[0]  # the GPU plan's tile
     bwd_d, bwd_h = backward_blocks(D, H, k_pad, False)
     build(K._fwd_chunk_kernel,
           [("q_ptr", "*" + dt), ("k_ptr", "*" + dt), ("w_ptr", "*" + dt), ("len_ptr", "*i64"), ("v_ptr", "*" + dt),
            ("cand_key_ptr", kd), ("cand_idx_ptr", "*i32"), ("summary_ptr", "*" + dt), ("weights_ptr", "*" + dt),
            ("indices_ptr", "*i64"), ("threshold_ptr", "*i64")],
           ["T", "K_OUT", "CHUNK", "NUM_CHUNKS"],
-          dict(D=D, H=H, ACC=ACC[dt], FP64=fp64, K_TOP=k_top, K_PAD=k_pad, BLOCK_T=max(16, 4096 // bd), BLOCK_D=bd,
-               BLOCK_H=min(triton.next_power_of_2(H), 128), FUSED=fused, SORT_MERGE=not fp64, EPS=1e-7), ones)
+          dict(D=D, H=H, ACC=ACC[dt], FP64=fp64, K_TOP=k_top, K_PAD=k_pad, BLOCK_T=block_t, BLOCK_D=bd,
+               BLOCK_H=min(triton.next_power_of_2(H), 128), FUSED=fused, SORT_MERGE=not (fp64 or fused), EPS=1e-7),
+          ones)
     build(K._fwd_merge_kernel,
           [("len_ptr", "*i64"), ("v_ptr", "*" + dt), ("cand_key_ptr", kd), ("cand_idx_ptr", "*i32"),
            ("summary_ptr", "*" + dt), ("weights_ptr", "*" + dt), ("indices_ptr", "*i64"), ("threshold_ptr", "*i64")],

@@ -173,8 +173,10 @@ def forward(query, keys, values, score_weight, k_top: int, lengths, eps: float =
     """Contract of `sab_kernels.kernels`: (summary (B, H), weights (B, k), indices (B, k), threshold (B,)).
 
     `block_t` / `chunk` (slots per tile / per program) override the plan; for tests of the chunked path.
-    `sort_merge` (default: on a GPU) merges a tile's candidates into float32's running top-(k+1) at a fixed cost
-    (`_scan_chunk`); the interpreter runs it only when asked (tests), since its sorts are slow there.
+    `sort_merge` merges a tile's candidates into float32's running top-(k+1) at a fixed cost (`_scan_chunk`).
+    Default: on a GPU, in chunked rows (long: the data-dependent loop's worst case grows with the chunk). Rows
+    of under 16 tiles (one fused launch) keep the loop: there ptxas 12.9 (Triton 3.8) caps the fused kernel at
+    128 registers and spills 8 B at K_PAD >= 64. The interpreter runs it only when asked (tests): slow sorts.
     """
     B, T, D = keys.shape
     H = values.shape[2]
@@ -212,7 +214,7 @@ def forward(query, keys, values, score_weight, k_top: int, lengths, eps: float =
             summary, weights, indices, threshold,
             T, k, chunk, num_chunks,
             D=D, H=H, ACC=acc, FP64=fp64, K_TOP=k_top, K_PAD=k_pad, BLOCK_T=block_t, BLOCK_D=block_d,
-            BLOCK_H=block_h, FUSED=fused, SORT_MERGE=(not interpreted if sort_merge is None else sort_merge) and not fp64,
+            BLOCK_H=block_h, FUSED=fused, SORT_MERGE=(not (interpreted or fused) if sort_merge is None else sort_merge) and not fp64,
             EPS=eps, **warps,
         )
         if not fused:

@@ -14,9 +14,9 @@ every NaN maps to one key above +inf (torch.sort puts NaN first) and -0.0 to the
 with the slot into one int64 (key high, 2^31-1-slot low), so one max-reduction finds the best score and,
 among ties, the lower slot; 64-bit keys carry the slot beside them (max key, then min slot: two reductions).
 The running top-K1 of a chunk is a register set whose K1-th best entry is the threshold: a tile costs one
-max-reduction unless its best beats the threshold. Then, compiled and float32, the tile is merged in at a
-fixed cost (tl.topk and a bitonic merge, the set kept sorted: SORT_MERGE); in the interpreter (slow sorts,
-TOOLCHAIN.md) and for float64, the best replaces the weakest entry, repeatedly (about K1 * ln(chunk / K1)
+max-reduction unless its best beats the threshold. Then, compiled, float32 and chunked, the tile is merged in
+at a fixed cost (tl.topk and a bitonic merge, the set kept sorted: SORT_MERGE); in the interpreter (slow sorts,
+TOOLCHAIN.md), for float64 and in fused rows, the best replaces the weakest entry, repeatedly (about K1 * ln(chunk / K1)
 replacements per chunk on typical data, at most K1 per tile). The final order comes from K1 rounds of
 extraction. No atomics.
 
@@ -190,13 +190,14 @@ def _scan_chunk(q_row, k_row, w_ptr, start, end, D: tl.constexpr, ACC: tl.conste
     The K1-th best key is the threshold `thr`: a tile whose best does not beat it costs one max-reduction.
     Otherwise, by default, the tile's best replaces the set's weakest entry, repeatedly: 2-3 block reductions
     per entering slot, which is data dependent (about K1 per tile when scores rise with the slot, ~32x the
-    typical cost). SORT_MERGE (float32 keys only; the GPU default): one fixed-cost `_merge_tile` per such tile
-    (tl.topk of the tile, a bitonic merge with the set kept sorted): on typical data few tiles merge and both
-    cost about the same; on rising scores the merge bounds the cost per tile (expected several times faster
-    there, unmeasured: no GPU so far). It costs registers: float32, BLOCK_D 128, K_PAD 16 takes 158 with
-    Triton 3.7 (123 with the loop: 3 stage-1 programs per SM instead of 4), 128 with 3.9; none spill. The interpreter keeps the loop, where tl.topk / tl.sort run slowly on
-    numpy (TOOLCHAIN.md). 64-bit keys always take the loop: a 64-bit key and its slot do not fit one sortable
-    integer, and tl.sort carries no payload.
+    typical cost). SORT_MERGE (float32 keys only; the GPU default for chunked rows, see triton_backend.forward):
+    one fixed-cost `_merge_tile` per such tile (tl.topk of the tile, a bitonic merge with the set kept sorted).
+    On typical data few tiles merge and both cost about the same; on rising scores the merge bounds the cost
+    per tile (expected several times faster there; unmeasured, no GPU so far). It costs registers: float32,
+    BLOCK_D 128, K_PAD 16 takes 158 with Triton 3.7 (123 with the loop: 3 stage-1 programs per SM instead of
+    4) and 128 with 3.9 (STAGE1_REGISTERS; no spill but 8 B of stack with 3.9 at BLOCK_D 128, K_PAD 256).
+    The interpreter keeps the loop: tl.topk / tl.sort run slowly on numpy (TOOLCHAIN.md). 64-bit keys always
+    take the loop: a 64-bit key and its slot do not fit one sortable integer, and tl.sort carries no payload.
     32-bit keys are packed with their slot (one reduction per step); 64-bit keys carry the slot apart.
     The next tile's first D block is loaded before the current tile is scored (two tiles in flight).
     """
@@ -323,7 +324,10 @@ def _fwd_chunk_kernel(q_ptr, k_ptr, w_ptr, len_ptr, v_ptr, cand_key_ptr, cand_id
     run_key, run_idx = _scan_chunk(q_ptr + b64 * D, k_ptr + b64 * tl.cast(T, tl.int64) * D, w_ptr, start, end,
                                    D, ACC, FP64, K_TOP + 1, K_PAD, BLOCK_T, BLOCK_D, SORT_MERGE)
     if FUSED:
-        top_key, top_idx = _sorted_top(run_key, run_idx, K_TOP + 1, K_PAD, FP64)
+        if SORT_MERGE:  # already ordered
+            top_key, top_idx = run_key, run_idx
+        else:
+            top_key, top_idx = _sorted_top(run_key, run_idx, K_TOP + 1, K_PAD, FP64)
         _finish_row(b, top_key, top_idx, n, T, K_OUT, v_ptr, summary_ptr, weights_ptr, indices_ptr, threshold_ptr,
                     H, ACC, FP64, K_TOP, K_PAD, BLOCK_H, EPS)
     else:
