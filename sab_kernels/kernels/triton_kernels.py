@@ -182,7 +182,7 @@ def _merge_tile(run, p, K_PAD: tl.constexpr, BLOCK_T: tl.constexpr):
 @triton.jit
 def _scan_chunk(q_row, k_row, w_ptr, start, end, D: tl.constexpr, ACC: tl.constexpr, FP64: tl.constexpr,
                 K1: tl.constexpr, K_PAD: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
-                SORT_MERGE: tl.constexpr):
+                SORT_MERGE: tl.constexpr = False):
     """Scores of slots [start, end) of one row, tile by tile; returns the best K1 in (run_key, run_idx) of
     K_PAD entries, KEY_MIN at positions >= K1 and where empty (unordered, or ordered with SORT_MERGE).
     k_row points at slot 0 of the row.
