@@ -463,6 +463,24 @@ def build(fn, ptrs, ints, consts, ones=(), warps=4):
             usage = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
         if " LOCAL:0" not in usage or " STACK:0" not in usage:
             print("spills:", fn.__name__, consts, usage); sys.exit(1)
+    return kernel
+
+
+def row_sum_layouts(kernel, width):
+    """D-axis layout (sizePerThread, threadsPerWarp, warpsPerCTA along dim 1) of each axis-1 reduction of a
+    (rows, width) float tensor in the kernel's TTGIR, in program order: what fixes a row sum's order."""
+    import re
+    ir = kernel.asm["ttgir"]
+    blocked = dict(re.findall(r"^(#\w+) = #ttg\.blocked<\{(.*)\}>$", ir, re.M))
+    found = []
+    for m in re.finditer(r'"tt\.reduce"\(', ir):
+        head = ir[m.start():m.start() + 200]
+        t = re.search(r"\}\) : \(tensor<(\d+)x(\d+)xf(?:32|64), (#\w+)>\)", ir[m.start():])
+        if "axis = 1" in head and t and int(t.group(2)) == width:
+            attr = blocked.get(t.group(3), "")
+            found.append(tuple(re.search(k + r" = \[\d+, (\d+)\]", attr).group(1)
+                               for k in ("sizePerThread", "threadsPerWarp", "warpsPerCTA")))
+    return found
 
 
 for dt, k_top, D, H, fused, ones in [("bf16", 8, 128, 128, False, ()), ("fp32", 32, 13, 7, True, ()),
@@ -474,7 +492,7 @@ for dt, k_top, D, H, fused, ones in [("bf16", 8, 128, 128, False, ()), ("fp32", 
     bd = score_block_d(D, False)
     block_t = forward_plan(1, 1 << 20, D, k_top, False, chunk=1 << 20)[0]  # the GPU plan's tile
     bwd_d, bwd_h = backward_blocks(D, H, k_pad, False)
-    build(K._fwd_chunk_kernel,
+    fwd = build(K._fwd_chunk_kernel,
           [("q_ptr", "*" + dt), ("k_ptr", "*" + dt), ("w_ptr", "*" + dt), ("len_ptr", "*i64"), ("v_ptr", "*" + dt),
            ("cand_key_ptr", kd), ("cand_idx_ptr", "*i32"), ("summary_ptr", "*" + dt), ("weights_ptr", "*" + dt),
            ("indices_ptr", "*i64"), ("threshold_ptr", "*i64")],
@@ -489,7 +507,7 @@ for dt, k_top, D, H, fused, ones in [("bf16", 8, 128, 128, False, ()), ("fp32", 
           dict(H=H, ACC=ACC[dt], FP64=fp64, K_TOP=k_top, K_PAD=k_pad, C_PAD=16, BLOCK_H=min(triton.next_power_of_2(H), 128),
                EPS=1e-7),
           tuple(o for o in ones if o != "NUM_CHUNKS"))
-    build(K._bwd_kernel,
+    bwd = build(K._bwd_kernel,
           [(n, "*" + dt) for n in ("gs_ptr", "gw_ptr", "q_ptr", "k_ptr", "v_ptr", "w_ptr")]
           + [("indices_ptr", "*i64"), ("threshold_ptr", "*i64")]
           + [(n, "*" + dt) for n in ("gq_ptr", "gk_ptr", "gv_ptr")] + [("gwp_ptr", "*fp64" if fp64 else "*fp32")],
@@ -497,6 +515,11 @@ for dt, k_top, D, H, fused, ones in [("bf16", 8, 128, 128, False, ()), ("fp32", 
           dict(D=D, H=H, ACC=ACC[dt], K_PAD=k_pad, BLOCK_D=bwd_d, BLOCK_H=bwd_h, SCORE_BLOCK_D=bd, EPS=1e-7),
           tuple(o for o in ones if o != "NUM_CHUNKS"),
           warps=backward_warps(k_pad, bwd_d, bwd_h))
+    # The backward's score sums (its first cdiv(D, BLOCK_D) row sums of width BLOCK_D) must reduce each row as
+    # the forward does (same lanes and per-thread run along D), or its tau is not the forward's bit for bit.
+    f_sums, b_sums = row_sum_layouts(fwd, bd), row_sum_layouts(bwd, bd)[:triton.cdiv(D, bd)]
+    if not f_sums or len(set(f_sums)) != 1 or set(b_sums) != set(f_sums):
+        print("score sums differ:", dt, D, k_top, f_sums, b_sums); sys.exit(1)
 print("compiled")
 '''
 
