@@ -36,7 +36,8 @@ _GPU_TILE_ELEMENTS = 4096  # BLOCK_T * BLOCK_D of a key tile (two in flight: 64 
 
 # Registers per thread of the chunked stage-1 kernel (_fwd_chunk_kernel, FUSED=False, SORT_MERGE for float32) at
 # the GPU plan's tile, compiled for sm_90 with no GPU, per Triton minor release: they differ by release (float32,
-# BLOCK_D 128, K_PAD 16: 158 with 3.7, 128 with 3.9). No configuration spills. A release's rows come from
+# BLOCK_D 128, K_PAD 16: 158 with 3.7, 128 with 3.9). Nothing spills to local memory; 3.9 keeps 8 B of stack
+# at float32, BLOCK_D 128, K_PAD 256. A release's rows come from
 #   python -m sab_kernels.bench.triton_registers --op
 # (tests/test_triton.py checks entries against the running release's compiler). fp16 loads like bf16;
 # BLOCK_D < 16 reads the BLOCK_D = 16 row (narrower tiles hold fewer keys).
@@ -103,6 +104,7 @@ def programs_for_registers(registers: int) -> int:
 
 
 def programs_per_sm(dtype: torch.dtype, block_d: int, k_pad: int) -> int:
+    """Stage-1 programs per SM for the chunked plan, from this Triton release's STAGE1_REGISTERS."""
     name = {torch.float64: "fp64", torch.float32: "fp32"}.get(dtype, "bf16")
     return programs_for_registers(stage1_registers()[(name, max(16, min(block_d, 128)))][k_pad.bit_length() - 2])
 
