@@ -168,7 +168,7 @@ def _check_lengths(lengths, T: int, B: int) -> Optional[Tensor]:
     return None if bool((lengths == T).all()) else lengths
 
 
-def _select(start: Resolved, state: SABState, rows: Tensor) -> Resolved:
+def _select(state: SABState, rows: Tensor) -> Resolved:
     """The state of a subset of the rows (rows (b,) int64 into the batch of `state`) to continue from."""
     h, c = state[0][0], state[1]
     rows_d = rows.to(h.device)
@@ -199,7 +199,7 @@ def _run_ragged(layer: SABLayer, x: Tensor, start: Resolved, lengths: Tensor) ->
         keep = torch.nonzero(~done).flatten()
         alive, t = alive[keep], end
         if len(alive):
-            start = _select(start, state, keep)
+            start = _select(state, keep)
     if t < T:
         pieces.append(x.new_zeros((T - t, B, pieces[0].shape[2])))
     out = torch.cat(pieces, 0)
