@@ -13,6 +13,7 @@ from sab_kernels.nn import SABState, build_model
 from sab_kernels.nn.models import carry_state
 from sab_kernels.tasks import CharsTask
 from sab_kernels.tasks.chars import evaluate_streams
+from sab_kernels.model_file import load_model
 
 TINY = ["--hidden", "8", "--attn-dim", "8", "--batch-size", "3", "--k-top", "2", "--k-att", "2", "--k-trunc", "3",
         "--backend", "cpu", "--threads", "1", "--no-progress", "--seq-len", "7"]
@@ -120,3 +121,28 @@ def test_stateful_arguments_are_checked_before_any_work(text, tmp_path, capsys, 
         train.main(argv)
     assert exc.value.code == 2 and message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_splits_are_contiguous_disjoint_and_cover_the_text(text):
+    """90 / 5 / 5: training, validation (what a run may stop on), test (what is reported), in text order."""
+    task = CharsTask(text, seq_len=7)
+    parts = [task.split(s) for s in ("train", "valid", "test")]
+    lookup = {ch: i for i, ch in enumerate(task.vocab)}
+    whole = open(text, encoding="utf-8").read()
+    assert torch.equal(torch.cat(parts), torch.tensor([lookup[c] for c in whole]))
+    n = len(whole)
+    assert [len(p) for p in parts] == [n - 2 * int(n * 0.05), int(n * 0.05), int(n * 0.05)]
+    with pytest.raises(ValueError, match="split must be one of"):
+        task.split("dev")
+
+
+def test_a_stateful_run_logs_test_and_validation_bpc(text, tmp_path, capsys):
+    train.main(["chars", "--data", text, "--stateful", "--memory-window", "3", "--eval-every", "2", *TINY,
+                "--steps", "2", "--out", str(tmp_path / "run")])
+    final = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    task = CharsTask(text, seq_len=final["seq_len"])
+    model, _ = load_model(str(tmp_path / "run" / "model.pt"))
+    for split, key in (("test", "bpc"), ("valid", "val_bpc")):
+        want = evaluate_streams(model, task, batch_size=3, memory_window=3, split=split)["bpc"]
+        assert final[key] == pytest.approx(want, rel=1e-4), split
+    assert final["val_bpc"] != final["bpc"]

@@ -30,8 +30,10 @@ def evaluate_run(model, task, args, device) -> Dict[str, float]:
     stateful, memory_window): the standard test set (reported), plus the standard validation set as val_* (what a
     run may stop on) when the task has one. Generated tasks draw both from seeds no training batch uses
     (tasks/seeds.py), the same sets for every run and seed; fixed-split tasks use their splits."""
-    if args.stateful:
-        return evaluate_streams(model, task, args.batch_size, args.memory_window, device)
+    if args.stateful:  # whole held-out splits, read as streams
+        metrics = evaluate_streams(model, task, args.batch_size, args.memory_window, device)
+        valid = evaluate_streams(model, task, args.batch_size, args.memory_window, device, split="valid")
+        return {**metrics, **{f"val_{k}": v for k, v in valid.items()}}
     was_training = model.training
     model.eval()
     try:
