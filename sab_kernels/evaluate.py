@@ -38,7 +38,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("model", help="a model file (OUT/model.pt of sab-train)")
     p.add_argument("--seq-len", type=_lengths, default=None, help="copy: delays T to evaluate at, e.g. 100,5000")
     p.add_argument("--examples", type=int, default=512, help="fresh examples per length (default 512)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="default 64; a stateful chars model: the batch size it was trained with (its number of "
+                        "streams, which the bpc depends on)")
     p.add_argument("--set", "--seed", dest="seed", type=int, default=0,
                    help="generated tasks: which test set (0: the standard one that sab-train logs and the README "
                         "reports; 1, 2, ...: fresh independent sets). Each delay T has its own set, drawn from seeds no "
@@ -71,7 +73,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     task_info = info["task"]
     if task_info["name"] == "copy":
         lens = args.seq_len or [task_info["seq_len"]]
-        res = copy_transfer(model, lens, args.examples, args.batch_size, task_info["input"], seed=args.seed,
+        res = copy_transfer(model, lens, args.examples, args.batch_size or 64, task_info["input"], seed=args.seed,
                             device=args.device)
         results = {str(T): m for T, m in res.items()}
     else:
@@ -81,9 +83,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         task = make_task(task_info["name"], task_info["seq_len"], task_info["input"], task_info["data"],
                          task_info["permute"], task_info["seed"])
         if task_info.get("stateful"):  # the whole test split as streams, state carried (--examples unused)
-            metrics = evaluate_streams(model, task, args.batch_size, task_info["memory_window"], args.device)
+            streams = args.batch_size or info.get("train_args", {}).get("batch_size") or 64
+            metrics = evaluate_streams(model, task, streams, task_info["memory_window"], args.device)
         else:
-            metrics = evaluate_task(model, task, args.examples, args.batch_size, args.seed, args.device)
+            metrics = evaluate_task(model, task, args.examples, args.batch_size or 64, args.seed, args.device)
         results = {str(task_info["seq_len"]): metrics}
     names = sorted({k for m in results.values() for k in m})
     print(f"{args.model}: {info['build']['kind']} on {task_info['name']} (trained at T={task_info['seq_len']}), "

@@ -101,10 +101,13 @@ def test_stateful_resume_is_exact_and_the_model_file_evaluates_the_same(text, tm
     assert resumed["bpc"] == straight["bpc"] and resumed["train_loss"] == straight["train_loss"]
     ckpt = train.load_checkpoint(str(tmp_path / "resumed" / "checkpoint.pt"))
     assert ckpt["carried"]["memory"].shape[1] <= 3  # the window bounds what is carried
-    # The model file knows it is stateful: the evaluate CLI walks the same streams.
-    assert evaluate_cli.main([str(tmp_path / "straight" / "model.pt"), "--batch-size", "3"]) == 0
+    # The model file knows it is stateful and its number of streams (3): the evaluate CLI walks the same streams.
+    assert evaluate_cli.main([str(tmp_path / "straight" / "model.pt")]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["results"]["7"]
     assert result["bpc"] == pytest.approx(straight["bpc"], abs=1e-5)
+    assert evaluate_cli.main([str(tmp_path / "straight" / "model.pt"), "--batch-size", "2"]) == 0  # other streams
+    other = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["results"]["7"]
+    assert other["bpc"] != pytest.approx(straight["bpc"], abs=1e-5)
 
 
 @pytest.mark.parametrize("extra, message", [
