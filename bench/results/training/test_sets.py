@@ -71,7 +71,8 @@ def evaluate(path, length, examples):
         scored = task.n_chunks(B, "test") * t["seq_len"] * B  # characters: every chunk of every stream
         return evaluate_streams(model, task, B, t["memory_window"], split="test"), scored
     task = make_task(t["name"], t["seq_len"], t["input"], t["data"], t["permute"], t["seed"])
-    return evaluate_task(model, task, examples, 64, TEST_SET, "cpu"), examples
+    scored = min(examples, len(task.test_y)) if hasattr(task, "test_y") else examples  # a fixed split caps it
+    return evaluate_task(model, task, examples, 64, TEST_SET, "cpu"), scored
 
 
 def table(entries):
