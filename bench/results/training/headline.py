@@ -164,7 +164,7 @@ def table() -> str:
             if got:
                 means[model] = mean(v for v, _, _ in got)
                 ups, hours = [u for _, u, _ in got], [h for _, _, h in got]
-                span = lambda xs, f: f(min(xs)) if min(xs) == max(xs) else f"{f(min(xs))}–{f(max(xs))}"
+                span = lambda xs, f: f(min(xs)) if f(min(xs)) == f(max(xs)) else f"{f(min(xs))}–{f(max(xs))}"
                 budget.append(f"{MODELS[model].split(' (')[0]} {span(ups, lambda u: f'{u:,}')}, "
                               f"{span(hours, lambda h: f'{h:.2f}')} h")
         paper = " / ".join(f"{exp.paper[m]:.2f}" if m in exp.paper else "–" for m in ("sab", "tbptt", "lstm"))
