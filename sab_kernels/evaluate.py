@@ -71,9 +71,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"sab_kernels.evaluate: {exc}", file=sys.stderr)
         return 2
     task_info = info["task"]
+    batch = args.batch_size or 64
     if task_info["name"] == "copy":
         lens = args.seq_len or [task_info["seq_len"]]
-        res = copy_transfer(model, lens, args.examples, args.batch_size or 64, task_info["input"], seed=args.seed,
+        res = copy_transfer(model, lens, args.examples, batch, task_info["input"], seed=args.seed,
                             device=args.device)
         results = {str(T): m for T, m in res.items()}
     else:
@@ -86,7 +87,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             streams = args.batch_size or info.get("train_args", {}).get("batch_size") or 64
             metrics = evaluate_streams(model, task, streams, task_info["memory_window"], args.device)
         else:
-            metrics = evaluate_task(model, task, args.examples, args.batch_size or 64, args.seed, args.device)
+            metrics = evaluate_task(model, task, args.examples, batch, args.seed, args.device)
         results = {str(task_info["seq_len"]): metrics}
     names = sorted({k for m in results.values() for k in m})
     print(f"{args.model}: {info['build']['kind']} on {task_info['name']} (trained at T={task_info['seq_len']}), "
