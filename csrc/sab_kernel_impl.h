@@ -258,6 +258,22 @@ inline int64_t insert_top(acc_t* ts, int64_t* ti, int64_t cnt, int64_t cap, acc_
   return cnt;
 }
 
+// Sort the `cnt` entries of ts/ti into the list order: score descending, NaN first, and on equal scores the
+// order they arrived in (std::stable_sort), i.e. the order insert_top would have built one entry at a time.
+// For lists that keep every slot (dense attention, cap >= n): O(n log n) instead of insertion's O(n^2).
+template <typename acc_t>
+void sort_top(acc_t* ts, int64_t* ti, int64_t cnt) {
+  std::vector<std::pair<acc_t, int64_t>> e(static_cast<size_t>(cnt));
+  for (int64_t j = 0; j < cnt; ++j) {
+    e[j] = {ts[j], ti[j]};
+  }
+  std::stable_sort(e.begin(), e.end(), [](const auto& x, const auto& y) { return ranks_above(x.first, y.first); });
+  for (int64_t j = 0; j < cnt; ++j) {
+    ts[j] = e[j].first;
+    ti[j] = e[j].second;
+  }
+}
+
 // Scan slots [i0, i1) of row b (the caller clips i1 to the row's length) into an empty sorted list.
 template <typename scalar_t>
 int64_t scan_slots(const ForwardArgs& a, int64_t b, int64_t i0, int64_t i1, acc_type<scalar_t>* ts, int64_t* ti) {
@@ -266,6 +282,14 @@ int64_t scan_slots(const ForwardArgs& a, int64_t b, int64_t i0, int64_t i1, acc_
   const acc_t* q = static_cast<const acc_t*>(a.q) + b * D;
   const acc_t* w = static_cast<const acc_t*>(a.w);
   const scalar_t* keys = static_cast<const scalar_t*>(a.keys) + b * a.T * D;
+  if (i1 - i0 <= cap) {  // every slot is kept: score them all, then one sort
+    for (int64_t i = i0; i < i1; ++i) {
+      ts[i - i0] = score_row<scalar_t, false>(q, keys + i * D, w, D, nullptr);
+      ti[i - i0] = i;
+    }
+    sort_top(ts, ti, i1 - i0);
+    return i1 - i0;
+  }
   int64_t cnt = 0;
   for (int64_t i = i0; i < i1; ++i) {
     const acc_t s = score_row<scalar_t, false>(q, keys + i * D, w, D, nullptr);
@@ -337,6 +361,22 @@ void forward_merge(const ForwardArgs& a, const Partials& p, int64_t b0, int64_t 
   SmallBuffer<acc_t, kStackSlots> ts(a.cap);
   SmallBuffer<int64_t, kStackSlots> ti(a.cap);
   for (int64_t b = b0; b < b1; ++b) {
+    int64_t total = 0;
+    for (int64_t c = 0; c < p.chunks; ++c) {
+      total += p.part_n[b * p.chunks + c];
+    }
+    if (total <= a.cap) {  // every slot is kept: concatenate the chunks in slot order, then one stable sort
+      int64_t cnt = 0;
+      for (int64_t c = 0; c < p.chunks; ++c) {
+        const int64_t t = b * p.chunks + c;
+        std::copy_n(static_cast<const acc_t*>(p.part_s) + t * a.cap, p.part_n[t], ts.data() + cnt);
+        std::copy_n(p.part_i + t * a.cap, p.part_n[t], ti.data() + cnt);
+        cnt += p.part_n[t];
+      }
+      sort_top(ts.data(), ti.data(), cnt);
+      finish_row<scalar_t>(a, b, ts.data(), ti.data());
+      continue;
+    }
     int64_t cnt = 0;
     // Chunks in slot order, each list in rank order: the merged list is the whole row's list.
     for (int64_t c = 0; c < p.chunks; ++c) {

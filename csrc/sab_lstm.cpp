@@ -53,10 +53,29 @@ void sgemm_(const char*, const char*, const int*, const int*, const int*, const 
             const float*, const int*, const float*, float*, const int*) __attribute__((weak));
 void dgemm_(const char*, const char*, const int*, const int*, const int*, const double*, const double*,
             const int*, const double*, const int*, const double*, double*, const int*) __attribute__((weak));
+// MKL's per-thread thread count (returns the previous one; 0: the global count), exported with MKL's BLAS.
+// The C entry point: the lower-case mkl_set_num_threads_local symbol is the Fortran one, taking a pointer.
+int MKL_Set_Num_Threads_Local(int) __attribute__((weak));
 }
 
 namespace sab {
 namespace {
+
+// Holds MKL to one thread in this scope, then restores the caller's setting (nothing without MKL).
+class SingleThreadedMkl {
+ public:
+  SingleThreadedMkl() : previous_(MKL_Set_Num_Threads_Local != nullptr ? MKL_Set_Num_Threads_Local(1) : 0) {}
+  ~SingleThreadedMkl() {
+    if (MKL_Set_Num_Threads_Local != nullptr) {
+      MKL_Set_Num_Threads_Local(previous_);
+    }
+  }
+  SingleThreadedMkl(const SingleThreadedMkl&) = delete;
+  SingleThreadedMkl& operator=(const SingleThreadedMkl&) = delete;
+
+ private:
+  int previous_;
+};
 
 // Row-major C (M x N) = alpha op(A) op(B) + beta C, op(A) M x K, op(B) K x N; lda/ldb/ldc are row strides.
 // Fortran BLAS takes 32-bit sizes: a size or stride past INT_MAX (a memory whose rows are more than 2^31
@@ -68,6 +87,9 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, 
   if (M == 0 || N == 0) {
     return;
   }
+  // One MKL thread per call, on either route: with more, MKL splits the long reductions of the weight gradients
+  // (K = T * B) by the thread count, so their bits changed with torch.set_num_threads (seen on AVX-512 CPUs).
+  const SingleThreadedMkl one_thread;
   // SAB_KERNELS_ATEN_GEMM=1 takes the ATen route even where BLAS is exported (tests hold the two equal).
   static const bool aten_only = [] {
     const char* v = std::getenv("SAB_KERNELS_ATEN_GEMM");
@@ -628,8 +650,14 @@ std::vector<at::Tensor> backward_typed(const at::Tensor& grad_out, const at::Ten
       a.grad_keys = gkp;
       a.grad_values = gvp;
       a.grad_w_partial = partp;
-      a.keys_zeroed = false;
-      a.values_zeroed = false;
+      // The kernel writes the key gradient of every selected and threshold row and the value gradient of every
+      // selected row: the rows read below, but the threshold's value row, zeroed here. So the kernel need not
+      // clear all R rows of each problem, which for dense attention (R = every slot) was a fifth of the step.
+      for (int64_t b = 0; b < B; ++b) {
+        std::fill_n(gvp + (b * R + k) * H, H, scalar_t(0));
+      }
+      a.keys_zeroed = true;
+      a.values_zeroed = true;
       attention_backward_rows(a, dtype_tag<scalar_t>());
       for (int64_t b = 0; b < B; ++b) {  // row order: deterministic
         for (int64_t d = 0; d < D; ++d) {
@@ -682,7 +710,9 @@ std::vector<at::Tensor> backward_typed(const at::Tensor& grad_out, const at::Ten
     }
   }
 
-  // Weight gradients as single matmuls over all steps (unvisited steps contribute zero rows).
+  // Weight gradients as single matmuls over all steps (unvisited steps contribute zero rows), on one MKL thread
+  // so that their bits do not depend on the thread count (see gemm).
+  const SingleThreadedMkl one_thread;
   const at::Tensor dGf = dG.view({T * B, NG * H});
   const at::Tensor dGHf = kGru ? dGH.view({T * B, NG * H}) : dGf;
   at::Tensor grad_x = need_grad_x ? at::mm(dGf, w_ih).view({T, B, I}) : at::empty({0}, opts);

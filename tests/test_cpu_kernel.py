@@ -242,6 +242,22 @@ def test_split_row_with_ragged_length(threads):
     torch.testing.assert_close(out[0], ref[0], atol=2e-5, rtol=2e-5)
 
 
+@pytest.mark.parametrize("lengths", [None, [2500, 1, 0]], ids=["full", "ragged"])
+def test_rows_that_keep_every_slot_split_and_merged(lengths, threads):
+    """k_top >= n (dense attention): the kernel scores all slots and sorts once instead of inserting one by one.
+    With fewer rows than threads a row is also split into chunks, each sorted, then concatenated and sorted again.
+    Ties (every slot copies slot i % 3) and the chunk boundaries must still give the reference's stable order."""
+    torch.set_num_threads(2)
+    case = Case(1 if lengths is None else 3, 3000, 4, 3, 5000, ties=True)
+    q, k, v, w, _ = make_inputs(case, torch.float32, seed=13)
+    lengths = torch.full((case.B,), case.T) if lengths is None else torch.tensor(lengths)
+    out = _C.forward(q, k.contiguous(), v, w, case.k_top, lengths)
+    ref = reference_forward(q, k, v, w, case.k_top, lengths)
+    assert torch.equal(out[2], ref[2]) and torch.equal(out[3], ref[3])
+    torch.testing.assert_close(out[1], ref[1], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(out[0], ref[0], atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("k_top", [1, 3, 6, 10])
 @pytest.mark.parametrize("lengths", [None, [6, 0, 1, 4]])
 def test_gradcheck_float64(k_top, lengths):
@@ -406,7 +422,8 @@ def test_hypothesis_matches_reference(B, T, D, H, k_top, lengths, ties, dtype, s
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
-@pytest.mark.parametrize("B, T, D, k_top", [(2, 7, 2, 1), (3, 13, 3, 4), (1, 31, 8, 6), (5, 9, 1, 2)])
+@pytest.mark.parametrize("B, T, D, k_top", [(2, 7, 2, 1), (3, 13, 3, 4), (1, 31, 8, 6), (5, 9, 1, 2),
+                                           (2, 7, 2, 7), (3, 40, 3, 1000)])  # the last two keep every slot
 def test_exact_ties_break_to_the_lower_index(B, T, D, k_top, dtype):
     """Duplicate key rows score exactly equal; the lower slot index ranks first, as in a stable sort."""
     q, k, v, w, _ = make_inputs(Case(B, T, D, 3, k_top, ties=True), dtype, seed=12)
