@@ -238,6 +238,20 @@ def test_resume_with_changed_hyper_parameters_is_refused(tmp_path, capsys):
     assert ckpt["step"] == 3 and ckpt["args"]["eval_every"] == 3 and ckpt["args"]["lr"] == 1e-3
 
 
+def test_flush_denormal_is_applied_recorded_and_must_match_on_resume(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    assert torch.tensor(1e-39) * 1 != 0  # float32 keeps subnormals by default
+    try:
+        train.main(COMMON + ["--steps", "2", "--out", out, "--flush-denormal"])
+        assert torch.tensor(1e-39) * 1 == 0
+    finally:
+        torch.set_flush_denormal(False)  # process-wide: later tests expect the default
+    capsys.readouterr()
+    assert train.load_checkpoint(os.path.join(out, "checkpoint.pt"))["args"]["flush_denormal"] is True
+    line = _expect_usage_error(COMMON + ["--steps", "3", "--out", out, "--resume"], capsys, "--resume")
+    assert "--flush-denormal True in the checkpoint, False now" in line
+
+
 @pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", b"PK\x03\x04truncated zip"], ids=["empty", "junk", "truncated"])
 def test_corrupt_checkpoint_gets_a_clear_message(tmp_path, capsys, content):
     out = tmp_path / "run"

@@ -73,6 +73,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--transfer", default="", help="copy: comma-separated delays T to evaluate at the end")
     p.add_argument("--transfer-size", type=int, default=256)
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: leave)")
+    p.add_argument("--flush-denormal", action="store_true",
+                   help="torch.set_flush_denormal(True): numbers below 1.2e-38 (float32) become 0. On CPUs with slow "
+                        "subnormal arithmetic, backward passes through hundreds of steps run up to 8x faster "
+                        "(bench/results/training/mnist5k_seq_h128/README.md)")
     p.add_argument("--out", default=None, help="output folder (default runs/TASK_MODEL_T)")
     p.add_argument("--resume", action="store_true",
                    help="continue from OUT/checkpoint.pt (a fresh start if there is none); refused when a "

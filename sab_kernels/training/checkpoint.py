@@ -22,7 +22,8 @@ from ..nn import SABState
 # Settings that define the trained model and its data: a resumed run must use the checkpoint's values.
 RESUME_MUST_MATCH = ("task", "model", "seq_len", "k_top", "k_att", "k_trunc", "hidden", "attn_dim", "batch_size",
                      "lr", "clip", "skip_norm", "lr_schedule", "warmup", "eps", "seed", "input", "data", "no_permute", "eval_size",
-                     "stateful", "memory_window", "num_layers", "dropout", "recent_slots", "relevant_slots")
+                     "stateful", "memory_window", "num_layers", "dropout", "recent_slots", "relevant_slots",
+                     "flush_denormal")
 # The files of a run in OUT; an OUT holding any of them is a run that must not be overwritten by accident.
 OUTPUTS = ("checkpoint.pt", "metrics.csv", "final.json", "curve.png", "model.pt")
 REQUIRED = ("model", "optimizer", "step", "rows", "args")

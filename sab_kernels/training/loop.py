@@ -13,6 +13,7 @@ import math
 import os
 import sys
 import time
+import warnings
 
 import torch
 
@@ -78,6 +79,8 @@ def run(args: argparse.Namespace) -> dict:
     metrics dict."""
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.flush_denormal and not torch.set_flush_denormal(True):
+        warnings.warn("sab_kernels: --flush-denormal: this CPU cannot flush subnormal numbers; they are kept")
     rank, world, device = _setup_distributed(args)
     main_proc = rank == 0
     torch.manual_seed(args.seed)  # the same initial weights on every rank
