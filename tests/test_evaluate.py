@@ -133,6 +133,26 @@ def test_sab_train_writes_a_model_file_that_evaluates_to_its_final_metrics(tmp_p
     assert info2["build"] == info["build"] and info2["task"] == info["task"] and info2["metrics"]["step"] == 3
 
 
+def test_checkpoint_model_finds_relative_data_under_root(tmp_path, monkeypatch):
+    """The probes under bench/ rebuild a run's model from its checkpoint, from another folder than the run's."""
+    from sab_kernels import train
+    from sab_kernels.training.model_file import checkpoint_model
+
+    root = tmp_path / "project"
+    (root / "data").mkdir(parents=True)
+    (root / "data" / "text.txt").write_text("to be or not to be, that is the question. " * 200)
+    monkeypatch.chdir(root)
+    train.main(["chars", "--data", "data/text.txt", "--seq-len", "6", "--steps", "2", "--eval-every", "2",
+                "--hidden", "8", "--batch-size", "4", "--k-top", "2", "--eval-size", "8", "--backend", "cpu",
+                "--threads", "1", "--out", "run", "--no-progress"])
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError):
+        checkpoint_model(str(root / "run" / "checkpoint.pt"))  # data/text.txt is not under tmp_path
+    ckpt, task, model = checkpoint_model(str(root / "run" / "checkpoint.pt"), str(root))
+    assert ckpt["step"] == 2 and task.input_size == model.core.input_size
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), ckpt["model"].values()))
+
+
 def test_evaluate_checks_its_arguments_first(tmp_path, capsys):
     _, path = _saved(tmp_path)
     for argv in ([str(tmp_path / "missing.pt")], [path, "--seq-len", "abc"], [path, "--examples", "0"]):

@@ -33,11 +33,11 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(HERE)))
 sys.path.insert(0, ROOT)
-from sab_kernels.nn import SparseAttentiveMemory, build_model  # noqa: E402
+from sab_kernels.nn import SparseAttentiveMemory  # noqa: E402
 from sab_kernels.nn.models import carry_state  # noqa: E402
-from sab_kernels.tasks import make_task  # noqa: E402
 from sab_kernels.training.checkpoint import load_checkpoint, unpack_state  # noqa: E402
 from sab_kernels.training.loop import batch_generator  # noqa: E402
+from sab_kernels.training.model_file import checkpoint_model  # noqa: E402
 
 real_append = SparseAttentiveMemory.append
 CLIP = 1.0
@@ -58,15 +58,9 @@ def gradient(model, task, x, y, state, hops: bool, trace=None):
 
 def load(path):
     """(checkpoint, task, model) of a sab-train SAB checkpoint."""
-    ckpt = load_checkpoint(path)
-    a = ckpt["args"]
-    if a["model"] != "sab":
-        raise SystemExit(f"{path}: a --model sab checkpoint is needed, this is --model {a['model']}")
-    data = a["data"] and os.path.join(ROOT, a["data"])
-    task = make_task(a["task"], a["seq_len"], a["input"], data, not a["no_permute"], a["seed"])
-    model = build_model("sab", task.input_size, a["hidden"], task.output_size, a["k_top"], a["k_att"], a["k_trunc"],
-                        a["attn_dim"], "cpu", eps=a["eps"])
-    model.load_state_dict(ckpt["model"])
+    ckpt, task, model = checkpoint_model(path, ROOT)
+    if ckpt["args"]["model"] != "sab":
+        raise SystemExit(f"{path}: a --model sab checkpoint is needed, this is --model {ckpt['args']['model']}")
     return ckpt, task, model
 
 

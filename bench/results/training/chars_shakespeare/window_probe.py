@@ -19,10 +19,8 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(HERE))))
 sys.path.insert(0, ROOT)
-from sab_kernels.nn import build_model  # noqa: E402
-from sab_kernels.tasks import make_task  # noqa: E402
 from sab_kernels.tasks.chars import evaluate_streams  # noqa: E402
-from sab_kernels.training.checkpoint import load_checkpoint  # noqa: E402
+from sab_kernels.training.model_file import checkpoint_model  # noqa: E402
 
 
 def main():
@@ -31,12 +29,8 @@ def main():
     p.add_argument("--windows", type=int, nargs="+", default=[1, 8, 32, 256, 0])
     args = p.parse_args()
     torch.set_num_threads(1)
-    ckpt = load_checkpoint(args.checkpoint)
+    ckpt, task, model = checkpoint_model(args.checkpoint, ROOT)
     a = ckpt["args"]
-    task = make_task("chars", a["seq_len"], "onehot", os.path.join(ROOT, a["data"]))
-    model = build_model("sab", task.input_size, a["hidden"], task.output_size, a["k_top"], a["k_att"], a["k_trunc"],
-                        a["attn_dim"], "cpu", eps=a["eps"])
-    model.load_state_dict(ckpt["model"])
     print(f"| memory window between chunks (SAB, {ckpt['step']:,} updates) | test bpc |\n|---|---|")
     for window in args.windows:
         bpc = evaluate_streams(model, task, a["batch_size"], window)["bpc"]
