@@ -98,6 +98,12 @@ def checkpoint_model(path: str, root: Optional[str] = None, backend: str = "cpu"
     """(checkpoint, task, model) of the sab-train checkpoint at `path`: the task and model its arguments build,
     with the checkpoint's weights. root: the folder the run was started from, which a relative --data path is
     relative to (default: the current one)."""
+    ckpt, task, _, _, model = _checkpoint_parts(path, root, backend)
+    return ckpt, task, model
+
+
+def _checkpoint_parts(path: str, root: Optional[str], backend: str):
+    """checkpoint_model's (checkpoint, task, model) with the model file's (build, task) entries in the middle."""
     from ..nn import build_model
     from ..tasks import make_task
 
@@ -105,21 +111,19 @@ def checkpoint_model(path: str, root: Optional[str] = None, backend: str = "cpu"
     a = ckpt["args"]
     data = os.path.join(root, a["data"]) if root and a["data"] else a["data"]
     task = make_task(a["task"], a["seq_len"], a["input"], data, not a["no_permute"], a["seed"])
-    build, _ = model_description(a, task)
+    build, task_info = model_description(a, task)
     kwargs = {k: build[k] for k in ("k_top", "k_att", "k_trunc", "attn_dim", "eps", *OPTIONAL_BUILD_KEYS)}
     model = build_model(build["kind"], build["input_size"], build["hidden_size"], build["output_size"], backend=backend,
                         **kwargs)
     model.load_state_dict(ckpt["model"])
-    return ckpt, task, model
+    return ckpt, task, build, task_info, model
 
 
 def export_checkpoint(run_dir: str) -> str:
     """Write run_dir/model.pt from run_dir/checkpoint.pt of a sab-train run; returns the path."""
-    ckpt, task, model = checkpoint_model(os.path.join(run_dir, "checkpoint.pt"))
-    a = ckpt["args"]
-    build, task_info = model_description(a, task)
+    ckpt, _, build, task_info, model = _checkpoint_parts(os.path.join(run_dir, "checkpoint.pt"), None, "cpu")
     path = os.path.join(run_dir, "model.pt")
     metrics = {**(ckpt["rows"][-1] if ckpt["rows"] else {}), "step": ckpt["step"]}
-    save_model(path, model, build, task_info, metrics=metrics, train_args=a)
+    save_model(path, model, build, task_info, metrics=metrics, train_args=ckpt["args"])
     return path
 

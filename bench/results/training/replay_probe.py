@@ -35,7 +35,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(HERE)))
 sys.path.insert(0, ROOT)
 from sab_kernels.nn import SparseAttentiveMemory  # noqa: E402
 from sab_kernels.nn.models import carry_state  # noqa: E402
-from sab_kernels.training.checkpoint import load_checkpoint, unpack_state  # noqa: E402
+from sab_kernels.training.checkpoint import unpack_state  # noqa: E402
 from sab_kernels.training.loop import batch_generator  # noqa: E402
 from sab_kernels.training.model_file import checkpoint_model  # noqa: E402
 
@@ -71,10 +71,11 @@ def probe(path, batches, eps=None):
     if eps is not None:
         for layer in model.core.layers:
             layer.memory.eps = eps
+    eps = model.core.layers[0].memory.eps
     state = unpack_state(ckpt.get("carried"))
     rows = []
     for i in range(batches):
-        if a["stateful"]:
+        if a.get("stateful", False):
             x, y, new_epoch = task.stream_batch(a["batch_size"], ckpt["step"] + i)
             state = None if new_epoch else state
         else:
@@ -82,7 +83,7 @@ def probe(path, batches, eps=None):
         cut, _ = gradient(model, task, x, y, state, hops=False)
         trace = []
         full, next_state = gradient(model, task, x, y, state, hops=True, trace=trace)
-        state = carry_state(next_state, a["memory_window"]) if a["stateful"] else None
+        state = carry_state(next_state, a.get("memory_window", 0)) if a.get("stateful", False) else None
         scale = min(1.0, CLIP / full.norm().item())
         unit = cut / cut.norm()
         first = [float((r["weights"].detach() * (r["indices"] == 0)).sum(1).mean()) for r in trace if r["weights"] is not None]
@@ -92,7 +93,7 @@ def probe(path, batches, eps=None):
                          summary=statistics.mean(ratio)))
     med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
     clipped = sum(r["full"] > CLIP for r in rows) / len(rows)
-    return ckpt["step"], med, clipped, max(r["full"] for r in rows)
+    return ckpt["step"], eps, med, clipped, max(r["full"] for r in rows)
 
 
 def main():
@@ -106,8 +107,7 @@ def main():
           "local share after clipping | weight on the first slot | summary / provisional state |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for path in args.checkpoints:
-        step, m, clipped, peak = probe(path, args.batches, args.eps)
-        eps = args.eps if args.eps is not None else load_checkpoint(path)["args"]["eps"]
+        step, eps, m, clipped, peak = probe(path, args.batches, args.eps)
         name = os.path.relpath(path, HERE) if os.path.abspath(path).startswith(HERE) else path
         print(f"| `{name}` | {step:,} | {eps:g} | {m['full']:.3g} ({peak:.3g}) | {m['cut']:.3g} | {clipped:.0%} | {m['cos']:.3f} | "
               f"{m['local']:.3f} | {m['first']:.3f} | {m['summary']:.3f} |", flush=True)
