@@ -86,7 +86,7 @@ EXPERIMENTS = [
                note="the last rows of a digit are blank, so the evidence is 150+ steps back; the seed-0 SAB and full "
                     "BPTT model files are from longer runs (4,750 / 3,750 updates, still at chance); seed-1 runs "
                     "use --flush-denormal; dense attention is in progress and the only model off chance (seed 0: "
-                    "0.261 at 500 updates, seed 1: 0.185 at 250)"),
+                    "0.356 at 1,000 updates, seed 1: 0.505 at 750)"),
     Experiment("characters, Shakespeare 5 MB, stateful (bpc, fixed test split: the last 5% of the text) at "
                "12,000 updates", "bpc", False,
                {m: [f"chars_shakespeare/{m}_seed0"] for m in ("sab", "tbptt", "lstm")},
