@@ -37,7 +37,7 @@ from sab_kernels.nn import SparseAttentiveMemory  # noqa: E402
 from sab_kernels.nn.models import carry_state  # noqa: E402
 from sab_kernels.training.checkpoint import unpack_state  # noqa: E402
 from sab_kernels.training.loop import batch_generator  # noqa: E402
-from sab_kernels.training.model_file import checkpoint_model  # noqa: E402
+from sab_kernels.training.model_file import checkpoint_model, model_description  # noqa: E402
 
 real_append = SparseAttentiveMemory.append
 CLIP = 1.0
@@ -67,6 +67,7 @@ def load(path):
 def probe(path, batches, eps=None):
     ckpt, task, model = load(path)
     a = ckpt["args"]
+    _, run = model_description(a, task)  # stateful / memory_window, with the defaults of checkpoints that predate them
     model.core.path = "step"
     if eps is not None:
         for layer in model.core.layers:
@@ -75,7 +76,7 @@ def probe(path, batches, eps=None):
     state = unpack_state(ckpt.get("carried"))
     rows = []
     for i in range(batches):
-        if a.get("stateful", False):
+        if run["stateful"]:
             x, y, new_epoch = task.stream_batch(a["batch_size"], ckpt["step"] + i)
             state = None if new_epoch else state
         else:
@@ -83,7 +84,7 @@ def probe(path, batches, eps=None):
         cut, _ = gradient(model, task, x, y, state, hops=False)
         trace = []
         full, next_state = gradient(model, task, x, y, state, hops=True, trace=trace)
-        state = carry_state(next_state, a.get("memory_window", 0)) if a.get("stateful", False) else None
+        state = carry_state(next_state, run["memory_window"]) if run["stateful"] else None
         scale = min(1.0, CLIP / full.norm().item())
         unit = cut / cut.norm()
         first = [float((r["weights"].detach() * (r["indices"] == 0)).sum(1).mean()) for r in trace if r["weights"] is not None]
