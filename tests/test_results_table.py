@@ -34,3 +34,18 @@ def test_the_ordering_verdict_compares_with_the_paper():
     low = h.Experiment("x", "bpc", False, {}, {"sab": 1.37, "tbptt": 1.47})
     assert h.verdict(low, {"sab": 2.0, "tbptt": 1.9}).startswith("**not reproduced**")
     assert h.cell([0.5, 0.7], exp) == "0.600 (0.500–0.700), 2 seeds"
+
+
+def test_an_equal_update_row_compares_every_run_at_the_budget_the_slowest_has_logged(monkeypatch):
+    h = _headline()
+    logs = {"a0": [250, 500, 750], "a1": [250, 500, 750, 1000], "b0": [250, 500], "b1": [250, 500, 750]}
+    monkeypatch.setattr(h, "run_rows", lambda run: [
+        {"step": s, "acc": s / 1000, "seconds": 3.6 * s} for s in logs[run]])
+    exp = h.Experiment("task at {at}", "acc", True, {"sab": ["a0", "a1"], "dense": ["b0", "b1"]}, at=h.COMMON)
+    assert h.common_update(exp) == 500
+    assert h.title(exp) == "task at 500 updates"
+    assert h.score(exp, "a1", {}) == (0.5, 500, 0.5)
+    logs["b1"] = []  # a run with no evaluation yet: no common budget, and the title says so
+    assert h.common_update(exp) is None
+    assert "not every run has logged one yet" in h.title(exp)
+    assert h.score(exp, "a0", {}) is None

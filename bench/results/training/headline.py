@@ -8,7 +8,9 @@ Each cell is a mean over seeds with its range and seed count, from one of two so
 - a shipped model file's score on its task's test set (`test_sets.json`, written by `test_sets.py`): the final
   model of each run, as the README has always reported it;
 - for the equal-update comparisons (`at=N`), the test metric each run logged at update N (`metrics.csv`; the
-  logged metric is the same fixed test split, and no run was stopped or selected on it).
+  logged metric is the same fixed test split, and no run was stopped or selected on it). `at=COMMON` takes the
+  largest N that every run of the row has logged, so a row with runs still in progress compares all models at
+  the budget the slowest run has reached, and moves forward as its checkpoints are committed.
 The budget column gives the updates and the core-hours (one core per run, training time as logged) per model; the
 last column compares our ordering of the means with the paper's and says plainly when it differs.
 """
@@ -21,7 +23,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 from statistics import mean
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple, Union
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(HERE)))
@@ -30,18 +32,19 @@ from sab_kernels.training.records import read_rows  # noqa: E402
 
 README = os.path.join(ROOT, "README.md")
 BEGIN, END = "<!-- headline:begin (headline.py writes this block) -->", "<!-- headline:end -->"
+COMMON = "common"  # Experiment.at: the largest update every run of the row has logged
 MODELS = {"sab": "SAB", "tbptt": "truncated BPTT", "lstm": "full BPTT (`nn.LSTM`)", "dense": "dense attention"}
 
 
 @dataclass
 class Experiment:
-    title: str  # what is measured, with the metric and its test set
+    title: str  # what is measured, with the metric and its test set ({at}: the update of an at=COMMON row)
     metric: str
     higher: bool
     runs: Dict[str, List[str]]  # model -> run folders (relative to HERE), one per seed
     paper: Dict[str, float] = field(default_factory=dict)  # the paper's numbers per model (SPEC section 4)
     paper_note: str = ""  # e.g. "(tbc)": SPEC lists the figure as to be confirmed
-    at: Optional[int] = None  # compare the logged test metric at this update (equal updates) instead of the final model
+    at: Union[int, str, None] = None  # compare the logged test metric at this update (or COMMON) instead of the final model
     length: Optional[int] = None  # copy transfer: the test-set row at this delay instead of the trained one
     solved: Optional[float] = None  # count seeds at or past this value
     note: str = ""
@@ -87,6 +90,14 @@ EXPERIMENTS = [
                     "BPTT model files are from longer runs (4,750 / 3,750 updates, still at chance); seed-1 runs "
                     "use --flush-denormal; dense attention is in progress and the only model off chance (seed 0: "
                     "0.356 at 1,000 updates, seed 1: 0.505 at 750)"),
+    Experiment("permuted pixel MNIST, the same runs, all four models at {at}", "acc", True,
+               {m: [f"mnist5k_perm_h128/{m}_seed0", f"mnist5k_perm_h128/{m}_seed1"] for m in ("sab", "tbptt", "lstm", "dense")},
+               {"sab": 0.94, "lstm": 0.90}, "(full pMNIST, tbc)", at=COMMON,
+               note="the budget the dense-attention runs have reached so far; the other models' logs at that update"),
+    Experiment("sequential pixel MNIST, the same runs, all four models at {at}", "acc", True,
+               {m: [f"mnist5k_seq_h128/{m}_seed0", f"mnist5k_seq_h128/{m}_seed1"] for m in ("sab", "tbptt", "lstm", "dense")},
+               at=COMMON,
+               note="the budget the dense-attention runs have reached so far; the other models' logs at that update"),
     Experiment("characters, Shakespeare 5 MB, stateful (bpc, fixed test split: the last 5% of the text) at "
                "12,000 updates", "bpc", False,
                {m: [f"chars_shakespeare/{m}_seed0"] for m in ("sab", "tbptt", "lstm")},
@@ -105,14 +116,33 @@ def run_rows(run: str) -> List[dict]:
     return read_rows(path) if os.path.exists(path) else []
 
 
+def common_update(exp: Experiment) -> Optional[int]:
+    """The largest update at which every run of the row logged an evaluation (None: some run has none yet)."""
+    logged = [{r["step"] for r in run_rows(run)} for runs in exp.runs.values() for run in runs]
+    shared = set.intersection(*logged) if logged else set()
+    return max(shared) if shared else None
+
+
+def resolved_at(exp: Experiment) -> Optional[int]:
+    return common_update(exp) if exp.at == COMMON else exp.at
+
+
+def title(exp: Experiment) -> str:
+    if exp.at != COMMON:
+        return exp.title
+    n = common_update(exp)
+    return exp.title.format(at=f"{n:,} updates" if n is not None else "equal updates (not every run has logged one yet)")
+
+
 def score(exp: Experiment, run: str, tests) -> Optional[Tuple[float, int, float]]:
     """(value, updates, core-hours) of one run, or None when the files do not have it (yet)."""
     rows = run_rows(run)
     if not rows:
         return None
     if exp.at is not None:
-        hit = [r for r in rows if r["step"] == exp.at]
-        return (hit[0][exp.metric], exp.at, hit[0]["seconds"] / 3600) if hit else None
+        at = resolved_at(exp)
+        hit = [r for r in rows if r["step"] == at]
+        return (hit[0][exp.metric], at, hit[0]["seconds"] / 3600) if hit else None
     lengths = sorted(length for (r, length) in tests if r == run)
     if not lengths:
         return None
@@ -173,9 +203,9 @@ def table() -> str:
                               f"{span(hours, lambda h: f'{h:.2f}')} h")
         paper = " / ".join(f"{exp.paper[m]:.2f}" if m in exp.paper else "–" for m in ("sab", "tbptt", "lstm"))
         paper = f"{paper} {exp.paper_note}" if exp.paper else "–"
-        note = f"; {exp.note}" if exp.note else ""
-        lines.append(f"| {exp.title} | {cells.get('sab', '–')} | {cells.get('tbptt', '–')} | {cells.get('lstm', '–')} | "
-                     f"{cells.get('dense', '–')} | {paper} | {'; '.join(budget)}{note} | {verdict(exp, means)} |")
+        note = "; ".join(budget + ([exp.note] if exp.note else []))
+        lines.append(f"| {title(exp)} | {cells.get('sab', '–')} | {cells.get('tbptt', '–')} | {cells.get('lstm', '–')} | "
+                     f"{cells.get('dense', '–')} | {paper} | {note} | {verdict(exp, means)} |")
     return "\n".join(lines) + "\n"
 
 
