@@ -82,7 +82,7 @@ EXPERIMENTS = [
                {m: [f"mnist5k_perm_h128/{m}_seed0", f"mnist5k_perm_h128/{m}_seed1"] for m in ("sab", "tbptt", "lstm", "dense")},
                {"sab": 0.94, "lstm": 0.90}, "(full pMNIST, tbc)", at=2000,
                note="a 3,500-digit training set (6% of MNIST's) and a short budget; dense attention is in "
-                    "progress (seed 0: 0.264 at 500 updates, seed 1: 0.222 at 250; 11–17 CPU-seconds per update at "
+                    "progress (seed 0: 0.250 at 750 updates, seed 1: 0.258 at 500; 11–17 CPU-seconds per update at "
                     "T = 784)"),
     Experiment("sequential pixel MNIST, 784 steps, same digits (accuracy; chance 0.100) at 2,000 updates", "acc", True,
                {m: [f"mnist5k_seq_h128/{m}_seed0", f"mnist5k_seq_h128/{m}_seed1"] for m in ("sab", "tbptt", "lstm", "dense")},
