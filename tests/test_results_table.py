@@ -43,9 +43,9 @@ def test_an_equal_update_row_compares_every_run_at_the_budget_the_slowest_has_lo
         {"step": s, "acc": s / 1000, "seconds": 3.6 * s} for s in logs[run]])
     exp = h.Experiment("task at {at}", "acc", True, {"sab": ["a0", "a1"], "dense": ["b0", "b1"]}, at=h.COMMON)
     assert h.common_update(exp) == 500
-    assert h.title(exp) == "task at 500 updates"
-    assert h.score(exp, "a1", {}) == (0.5, 500, 0.5)
+    assert h.resolve(exp).title == "task at 500 updates"
+    assert h.score(h.resolve(exp), "a1", {}) == (0.5, 500, 0.5)
     logs["b1"] = []  # a run with no evaluation yet: no common budget, and the title says so
     assert h.common_update(exp) is None
-    assert "not every run has logged one yet" in h.title(exp)
-    assert h.score(exp, "a0", {}) is None
+    assert "not every run has logged one yet" in h.resolve(exp).title
+    assert h.score(h.resolve(exp), "a0", {}) is None

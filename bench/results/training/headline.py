@@ -21,7 +21,7 @@ import argparse
 import json
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from statistics import mean
 from typing import Dict, List, Optional, Tuple, Union
 
@@ -124,15 +124,14 @@ def common_update(exp: Experiment) -> Optional[int]:
     return max(shared) if shared else None
 
 
-def resolved_at(exp: Experiment) -> Optional[int]:
-    return common_update(exp) if exp.at == COMMON else exp.at
-
-
-def title(exp: Experiment) -> str:
+def resolve(exp: Experiment) -> Experiment:
+    """An at=COMMON row as a plain at=N row, its title filled in; read once per row, not once per run. With no
+    common update yet it keeps at=COMMON, which no logged step equals, so every cell reads as not yet run."""
     if exp.at != COMMON:
-        return exp.title
+        return exp
     n = common_update(exp)
-    return exp.title.format(at=f"{n:,} updates" if n is not None else "equal updates (not every run has logged one yet)")
+    budget = f"{n:,} updates" if n is not None else "equal updates (not every run has logged one yet)"
+    return replace(exp, title=exp.title.format(at=budget), at=COMMON if n is None else n)
 
 
 def score(exp: Experiment, run: str, tests) -> Optional[Tuple[float, int, float]]:
@@ -141,9 +140,8 @@ def score(exp: Experiment, run: str, tests) -> Optional[Tuple[float, int, float]
     if not rows:
         return None
     if exp.at is not None:
-        at = resolved_at(exp)
-        hit = [r for r in rows if r["step"] == at]
-        return (hit[0][exp.metric], at, hit[0]["seconds"] / 3600) if hit else None
+        hit = [r for r in rows if r["step"] == exp.at]
+        return (hit[0][exp.metric], exp.at, hit[0]["seconds"] / 3600) if hit else None
     lengths = sorted(length for (r, length) in tests if r == run)
     if not lengths:
         return None
@@ -190,7 +188,7 @@ def table() -> str:
     lines = ["| experiment (metric, test set) | SAB | truncated BPTT | full BPTT (`nn.LSTM`) | dense attention | "
              "paper: SAB / TBPTT / BPTT | updates, core-hours per run | the paper's ordering |",
              "|---|---|---|---|---|---|---|---|"]
-    for exp in EXPERIMENTS:
+    for exp in map(resolve, EXPERIMENTS):
         cells, means, budget = {}, {}, []
         for model, runs in exp.runs.items():
             got = [s for s in (score(exp, r, tests) for r in runs) if s is not None]
@@ -205,7 +203,7 @@ def table() -> str:
         paper = " / ".join(f"{exp.paper[m]:.2f}" if m in exp.paper else "–" for m in ("sab", "tbptt", "lstm"))
         paper = f"{paper} {exp.paper_note}" if exp.paper else "–"
         note = "; ".join(budget + ([exp.note] if exp.note else []))
-        lines.append(f"| {title(exp)} | {cells.get('sab', '–')} | {cells.get('tbptt', '–')} | {cells.get('lstm', '–')} | "
+        lines.append(f"| {exp.title} | {cells.get('sab', '–')} | {cells.get('tbptt', '–')} | {cells.get('lstm', '–')} | "
                      f"{cells.get('dense', '–')} | {paper} | {note} | {verdict(exp, means)} |")
     return "\n".join(lines) + "\n"
 
