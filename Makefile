@@ -73,29 +73,30 @@ wheel-check: install
 	cd $(WHEEL_CHECK) && venv/bin/python -W error::RuntimeWarning $(CURDIR)/tests/wheel_smoke.py
 	rm -rf $(WHEEL_CHECK)/venv
 
-# Triton version matrix: the newest patch of every Triton minor that setup.py admits, each in its own venv
-# (.venv-triton-X), installed like a user would (torch CPU wheel first, then triton, then the package without
-# re-resolving torch), running the Triton tests in the interpreter and the compile-for-Hopper (ptxas) test.
-# These tests do not use the C++ CPU kernels, so the venvs skip building them (a minute each on 2 cores).
+# Triton version matrix: the newest patch of every Triton minor that setup.py admits, installed like a user would
+# (torch CPU wheel first, then triton, then the package without re-resolving torch), running the Triton tests in
+# the interpreter and the compile-for-Hopper (ptxas) test. One venv (.venv-triton) holds torch and the package;
+# each version is then installed over the previous one (pip uninstalls it first), and the run checks that the
+# venv imports exactly that version. Sharing torch (2 GB) saves CI two torch installs, about 3 minutes.
+# These tests do not use the C++ CPU kernels, so the venv skips building them (a minute on 2 cores).
 TRITON_MATRIX ?= 3.7.1 3.8.0 3.9.0
+TRITON_VENV := .venv-triton
 
-.venv-triton-%/.installed: setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*.h)
-	test -x .venv-triton-$*/bin/python || $(PYTHON) -m venv .venv-triton-$*
-	.venv-triton-$*/bin/python -m pip install -q "$(TORCH_SPEC)"
-	.venv-triton-$*/bin/python -m pip install -q "triton==$*"
-	SAB_KERNELS_NO_EXTENSION=1 .venv-triton-$*/bin/python -m pip install -q --no-build-isolation -e ".[test]"
+$(TRITON_VENV)/.installed: setup.py pyproject.toml
+	test -x $(TRITON_VENV)/bin/python || $(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/python -m pip install -q "$(TORCH_SPEC)" "$(TRITON_SPEC)"
+	SAB_KERNELS_NO_EXTENSION=1 $(TRITON_VENV)/bin/python -m pip install -q --no-build-isolation -e ".[test]"
 	touch $@
 
-# One venv at a time: each holds its own torch (about 2 GB), so TRITON_MATRIX_CLEAN=1 (CI) removes it once its
-# tests pass, keeping the run's disk peak near 5 GB instead of 8.
-triton-matrix:
+# TRITON_MATRIX_CLEAN=1 (CI) removes the venv once every version has passed.
+triton-matrix: $(TRITON_VENV)/.installed
 	@set -e; for v in $(TRITON_MATRIX); do \
-	  $(MAKE) --no-print-directory .venv-triton-$$v/.installed; \
+	  $(TRITON_VENV)/bin/python -m pip install -q "triton==$$v"; \
 	  echo "== triton $$v"; \
-	  .venv-triton-$$v/bin/python -c "import sys, torch, triton; print('torch', torch.__version__, 'triton', triton.__version__); sys.exit(triton.__version__ != '$$v')"; \
-	  SAB_REQUIRE_AOT=1 .venv-triton-$$v/bin/python -m pytest tests/test_triton.py tests/test_sab_lstm_triton.py -k "not vs_cpu_kernels" -q -n $(TEST_WORKERS) -p no:cacheprovider; \
-	  if [ -n "$(TRITON_MATRIX_CLEAN)" ]; then rm -rf .venv-triton-$$v; fi; \
+	  $(TRITON_VENV)/bin/python -c "import sys, torch, triton; print('torch', torch.__version__, 'triton', triton.__version__); sys.exit(triton.__version__ != '$$v')"; \
+	  SAB_REQUIRE_AOT=1 $(TRITON_VENV)/bin/python -m pytest tests/test_triton.py tests/test_sab_lstm_triton.py -k "not vs_cpu_kernels" -q -n $(TEST_WORKERS) -p no:cacheprovider; \
 	done
+	if [ -n "$(TRITON_MATRIX_CLEAN)" ]; then rm -rf $(TRITON_VENV); fi
 
 # One command that validates a GPU machine (CUDA torch and Triton already installed, no network): install this
 # checkout against them without fetching anything, then tests, benchmark, SAB-LSTM vs cuDNN, host syncs and a
@@ -114,4 +115,4 @@ gpu-check-cpu: install
 	$(PY) -m sab_kernels.bench.gpu_check --cpu --out "$(CPU_OUT)"
 
 clean:
-	rm -rf $(VENV) .venv-triton-* build *.egg-info sab_kernels/_C*.so
+	rm -rf $(VENV) .venv-triton .venv-triton-* build *.egg-info sab_kernels/_C*.so
