@@ -107,6 +107,7 @@ def test_sab_train_on_mnist5k_logs_validation_and_test(tmp_path, capsys):
                 "--threads", "1", "--no-progress", "--eval-size", "8", "--out", str(out)])
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["task"] == "mnist5k" and {"acc", "ce", "val_acc", "val_ce"} <= set(result)
+    assert result["seq_len"] == 784  # the task's own length, not --seq-len's unused default (100)
     _, info = load_model(str(out / "model.pt"), backend="cpu")
     assert info["task"]["seq_len"] == 784 and info["task"]["permute"] is False  # what the model ran at
     with pytest.raises(SystemExit):
