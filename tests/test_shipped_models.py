@@ -24,7 +24,8 @@ package's tasks and metrics. Only the models come from the package (and, for the
   model ships.
 Time, one thread, on a 2-core machine busy with two training runs: the whole file about 60 s (42 tests). Per
 model: copy/adding/digits 0.03-1 s (5 s for the T = 5000 transfer row); mnist5k 2.1-2.3 s per nn.LSTM model and
-13 s per SAB model (1,000 digits x 784 steps, batches of 250); chars 1.0-1.3 s per LSTM/TBPTT model and 4.5 s per
+13 s per SAB model (1,000 digits x 784 steps, batches of 250), about 50 s per dense-attention model (every
+step attends to all of its up to 392 slots); chars 1.0-1.3 s per LSTM/TBPTT model and 4.5 s per
 SAB model (249,600 test characters scored, 64 streams); the tiny chars models trained here 0.7-2.6 s.
 """
 
