@@ -186,10 +186,11 @@ def run(args: argparse.Namespace) -> dict:
     if main_proc and not rows:  # resumed at or past --steps: evaluate once
         log_eval(start)
     result = {"task": args.task, "model": args.model}
-    seq_len = getattr(task, "seq_len", args.seq_len)  # the task's own length where it has one (784 for mnist5k)
     if main_proc:
         result.update(rows[-1])
         result.pop("seconds")
+        build, task_info = model_description(vars(args), task)
+        seq_len = task_info["seq_len"]  # the task's own length where it has one (784 for mnist5k), as model files say
         done = max(args.steps - start, 0)
         result.update({"seq_len": seq_len, "train_loss": train_loss, "train_seconds": round(elapsed, 2),
                        "steps_per_sec": round(done / max(time.perf_counter() - t_start, 1e-9), 3) if done else None,
@@ -199,7 +200,6 @@ def run(args: argparse.Namespace) -> dict:
             res = copy_transfer(model, lens, args.transfer_size, args.batch_size, args.input, seed=TEST_SET, device=device)
             result["transfer"] = {str(T): {k: round(v, 5) for k, v in m.items()} for T, m in res.items()}
         plot_curve(rows, os.path.join(args.out, "curve.png"), f"{args.task} T={seq_len} {args.model}")
-        build, task_info = model_description(vars(args), task)
         save_model(os.path.join(args.out, "model.pt"), model, build, task_info, metrics=result,
                    train_args=dict(vars(args)))
         atomic_write(os.path.join(args.out, "final.json"), lambda f: f.write(json.dumps(result, indent=1).encode("utf-8")))
